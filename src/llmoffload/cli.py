@@ -1,0 +1,365 @@
+"""The ``llmoffload`` command line: scenarios, instances and schedules.
+
+Bad input of any kind ends in one line ``error: <message>`` on stderr and exit
+code 2, never a traceback, and leaves no output file behind: inputs are
+validated before anything is written, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from typer.core import TyperGroup
+
+from llmoffload import optimal
+from llmoffload.errors import OffloadError
+from llmoffload.execution import Schedule, evaluate
+from llmoffload.files import write_text_atomic
+from llmoffload.instance import Instance, load_instance, sample_instance
+from llmoffload.network import dbm_to_watt, link_rates
+from llmoffload.scenario import Scenario, load_scenario
+from llmoffload.schedulers import SCHEDULERS
+
+EXIT_BAD_INPUT = 2  # the same code Typer uses for usage errors
+
+
+class ReportingGroup(TyperGroup):
+    """Turns OffloadError and OSError from any subcommand into one line on stderr, exit 2.
+
+    Catching here, rather than in ``main``, makes in-process runs (tests,
+    ``CliRunner``) behave exactly like the installed command.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OffloadError as exc:
+            message = str(exc)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # a closed pipe: let Typer exit quietly
+                raise
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        typer.echo(f"error: {' '.join(message.split())}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+app = typer.Typer(
+    cls=ReportingGroup,
+    help="Fine-grained LLM inference offloading across edge servers and a cloud.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+scenario_app = typer.Typer(
+    help="Inspect and check scenario files.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(scenario_app, name="scenario")
+
+
+def main() -> None:
+    """Entry point of the ``llmoffload`` script."""
+    app()
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
+    """Plain aligned columns: numbers to the right, everything else to the left."""
+    body = [[str(c) for c in row] for row in rows]
+    cells = [list(header), *body]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
+    numeric = [bool(body) and all(is_number(row[k]) for row in body) for k in range(len(header))]
+    lines = [
+        indent
+        + "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def db(ratio: float) -> float:
+    return 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
+
+
+def describe_scenario(sc: Scenario) -> str:
+    """Every number of a scenario, and the device-edge rates they imply."""
+    net, ch, load = sc.network, sc.network.channel, sc.workload
+    latency = {"span": "max EN - min ST + downlink", "arrival": "from arrival at t = 0"}
+    out = [
+        f"scenario {sc.name}",
+        f"  gamma {sc.gamma:g}, T_max {sc.t_max_s:g} s, latency {sc.latency} "
+        f"({latency[sc.latency]})",
+        "",
+        "servers",
+        table(
+            ["name", "kind", "GHz", "$/GHz", "modalities"],
+            [[s.name, s.kind, s.ghz, s.usd_per_ghz, ", ".join(s.modalities)] for s in sc.servers],
+        ),
+        "",
+        "network",
+        f"  wireless: W {net.bandwidth_mhz:g} MHz, device {net.device_power_w:g} W, "
+        f"edge {net.edge_power_w:g} W, noise {net.noise_dbm:g} dBm",
+        f"  channel: G = 10^({ch.reference_gain_db:g}/10) d^-{ch.exponent:g}, "
+        f"d ~ U[{ch.distance_m.low:g}, {ch.distance_m.high:g}] m per (task, edge)",
+        f"  wired: device-cloud up {net.device_cloud_up_mbps:g} Mbps, "
+        f"down {net.device_cloud_down_mbps:g} Mbps; edge-edge {net.edge_edge_mbps:g} Mbps; "
+        f"edge-cloud {net.edge_cloud_mbps:g} Mbps",
+        "",
+        "device-edge links at the nearest and farthest distance (W log2(1 + P G / sigma2))",
+        describe_links(sc),
+        "",
+        "workload",
+        f"  {load.tasks} tasks per instance, workflow drawn uniformly from: "
+        f"{', '.join(load.workflows)}",
+        f"  {load.cycles_per_bit:g} CPU cycles per input bit",
+        table(
+            ["modality", "input kbit", "output kbit"],
+            [
+                [
+                    m,
+                    f"{s.input_kbit.low:g}-{s.input_kbit.high:g}",
+                    f"{s.output_kbit.low:g}-{s.output_kbit.high:g}",
+                ]
+                for m, s in load.sizes.items()
+            ],
+        ),
+        "",
+        f"reward: penalty v {sc.reward.penalty:g}, bonus theta {sc.reward.bonus:g}",
+        "",
+        "workflows",
+    ]
+    for name, flow in sc.workflows.items():
+        out.append(f"  {name}")
+        out.append("    nodes: " + ", ".join(f"{n} ({m})" for n, m in flow.nodes.items()))
+        out.append("    edges: " + (", ".join(f"{p} -> {s}" for p, s in flow.edges) or "none"))
+    return "\n".join(out)
+
+
+def describe_links(sc: Scenario) -> str:
+    """Uplink and downlink SNR and Shannon rate per edge server, as the model computes them."""
+    net = sc.network
+    edges = [s.name for s in sc.servers if s.kind == "edge"]
+    noise_w = dbm_to_watt(net.noise_dbm)
+    rows = []
+    for d in sorted({net.channel.distance_m.low, net.channel.distance_m.high}):
+        gain = net.gain(d)
+        up, down = link_rates(sc, [d] * len(edges))
+        rates = [(u, w) for s, u, w in zip(sc.servers, up, down, strict=True) if s.kind == "edge"]
+        for name, (u, w) in zip(edges, rates, strict=True):
+            rows.append(
+                [
+                    name,
+                    f"{d:g}",
+                    f"{db(gain):.1f}",
+                    f"{db(net.device_power_w * gain / noise_w):.1f}",
+                    f"{u / 1e6:.2f}",
+                    f"{db(net.edge_power_w * gain / noise_w):.1f}",
+                    f"{w / 1e6:.2f}",
+                ]
+            )
+    header = ["server", "distance_m", "gain_db", "up_snr_db", "up_mbps", "down_snr_db"]
+    return table([*header, "down_mbps"], rows)
+
+
+@scenario_app.command("show")
+def scenario_show(
+    name_or_file: Annotated[str, typer.Argument(metavar="NAME_OR_FILE")],
+) -> None:
+    """Print a scenario and the device-edge link rates it implies."""
+    typer.echo(describe_scenario(load_scenario(name_or_file)))
+
+
+@scenario_app.command("validate")
+def scenario_validate(file: Annotated[str, typer.Argument(metavar="FILE")]) -> None:
+    """Check a scenario file; print 'ok: ...' or the error."""
+    sc = load_scenario(file)
+    typer.echo(f"ok: {sc.name} ({len(sc.servers)} servers, {len(sc.workflows)} workflows)")
+
+
+@app.command("instance")
+def instance_cmd(
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write.")],
+    scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
+    seed: Annotated[int, typer.Option(help="Seed of numpy's default_rng.")] = 0,
+    tasks: Annotated[
+        int | None, typer.Option(min=1, help="Tasks to draw (default: the scenario's).")
+    ] = None,
+) -> None:
+    """Sample one problem instance from a scenario and save it as JSON."""
+    inst = sample_instance(load_scenario(scenario), np.random.default_rng(seed), tasks)
+    write_text_atomic(out, inst.dumps())
+    flows = ", ".join(t.workflow for t in inst.tasks)
+    subtasks = sum(len(t.subtasks) for t in inst.tasks)
+    typer.echo(
+        f"wrote {out}: scenario {inst.scenario.name}, seed {seed}, {len(inst.tasks)} tasks "
+        f"({flows}), {subtasks} subtasks"
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a policy produced; the CP-SAT solution too when the policy is 'optimal'."""
+
+    schedule: Schedule
+    solution: optimal.Solution | None = None
+
+
+Policy = Callable[[Instance, np.random.Generator], Outcome]
+
+
+def resolve_policy(policy: str, time_limit_s: float) -> Policy:
+    """The scheduler that ``--policy`` names, checked before any work is done."""
+    if policy == "optimal":
+
+        def solve(inst: Instance, rng: np.random.Generator) -> Outcome:
+            solution = optimal.solve(inst, time_limit_s=time_limit_s)
+            return Outcome(solution.schedule, solution)
+
+        return solve
+    if policy not in SCHEDULERS:
+        raise OffloadError(f"unknown policy '{policy}' (choose from {', '.join(SCHEDULERS)})")
+    scheduler = SCHEDULERS[policy]
+    return lambda inst, rng: Outcome(evaluate(inst, scheduler(inst, rng)))
+
+
+def schedule_json(policy: str, path: Path, inst: Instance, outcome: Outcome) -> dict[str, Any]:
+    """The machine-readable result: dispatch order, every run, every task, the totals."""
+    sched, names = outcome.schedule, [s.name for s in inst.scenario.servers]
+    result: dict[str, Any] = {
+        "policy": policy,
+        "instance": str(path),
+        "order": [list(d) for d in sched.order],
+        "runs": [
+            {
+                "task": r.task,
+                "subtask": r.subtask,
+                "name": inst.tasks[r.task].subtasks[r.subtask].name,
+                "server": r.server,
+                "server_name": names[r.server],
+                "start": r.start,
+                "upload": r.upload,
+                "compute": r.compute,
+                "end": r.end,
+                "cost": r.cost,
+            }
+            for r in sched.runs
+        ],
+        "tasks": [
+            {
+                "workflow": task.workflow,
+                "latency": res.latency,
+                "cost": res.cost,
+                "slack": res.slack,
+                "objective": res.objective,
+            }
+            for task, res in zip(inst.tasks, sched.tasks, strict=True)
+        ],
+        "objective": sched.objective,
+        "deadline_misses": sched.deadline_misses,
+    }
+    if outcome.solution is not None:
+        sol = outcome.solution
+        result.update(bound=sol.bound, gap=sol.gap, proven=sol.proven)
+    return result
+
+
+def schedule_text(policy: str, path: Path, inst: Instance, outcome: Outcome) -> str:
+    """The readable result: one row per run in dispatch order, one per task, the totals."""
+    sched, sc = outcome.schedule, inst.scenario
+    runs = [
+        [
+            r.task,
+            inst.tasks[r.task].subtasks[r.subtask].name,
+            sc.servers[r.server].name,
+            f"{r.start:.4f}",
+            f"{r.upload:.4f}",
+            f"{r.compute:.4f}",
+            f"{r.end:.4f}",
+            f"{r.cost:.6f}",
+        ]
+        for r in sched.runs
+    ]
+    tasks = [
+        [
+            i,
+            t.workflow,
+            f"{res.latency:.4f}",
+            f"{res.cost:.6f}",
+            f"{res.slack:.4f}",
+            f"{res.objective:.6f}",
+        ]
+        for i, (t, res) in enumerate(zip(inst.tasks, sched.tasks, strict=True))
+    ]
+    out = [
+        f"policy {policy} on {path} (scenario {sc.name}, {len(inst.tasks)} tasks)",
+        "",
+        "runs in dispatch order (seconds, $)",
+        table(
+            ["task", "subtask", "server", "start", "upload", "compute", "end", "cost"],
+            runs,
+        ),
+        "",
+        "tasks",
+        table(["task", "workflow", "latency", "cost", "slack", "objective"], tasks),
+        "",
+        f"objective {sched.objective:.6f} (sum of {sc.gamma:g} T_i + {1 - sc.gamma:g} Cost_i)",
+        f"deadline misses {sched.deadline_misses} of {len(inst.tasks)} (T_max {sc.t_max_s:g} s)",
+    ]
+    if outcome.solution is not None:
+        sol = outcome.solution
+        out.append(
+            f"lower bound {sol.bound:.6f}, gap {sol.gap:.2%}, "
+            f"optimality {'proven' if sol.proven else 'not proven'}"
+        )
+    return "\n".join(out)
+
+
+@app.command("schedule")
+def schedule_cmd(
+    instance_file: Annotated[Path, typer.Argument(metavar="FILE.json")],
+    policy: Annotated[str, typer.Option(help=f"One of: {', '.join(SCHEDULERS)}.")],
+    seed: Annotated[int, typer.Option(help="Seed of numpy's default_rng.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    gantt: Annotated[
+        Path | None, typer.Option(help="Also draw a Gantt chart (.png, .pdf or .svg).")
+    ] = None,
+    time_limit: Annotated[
+        float, typer.Option(min=0.001, help="CP-SAT time limit in seconds (optimal only).")
+    ] = 10.0,
+) -> None:
+    """Schedule an instance with a policy and report when, where and at what cost it ran."""
+    run = resolve_policy(policy, time_limit)
+    inst = load_instance(instance_file)
+    if gantt is not None:
+        from llmoffload.gantt import check_format, draw_gantt  # matplotlib only when asked
+
+        check_format(gantt)
+    outcome = run(inst, np.random.default_rng(seed))
+    if gantt is not None:
+        sched = outcome.schedule
+        title = (
+            f"{policy} on {instance_file.name}: objective {sched.objective:.4f}, "
+            f"{sched.deadline_misses} deadline misses"
+        )
+        draw_gantt(inst, sched, gantt, title)
+    if as_json:
+        typer.echo(json.dumps(schedule_json(policy, instance_file, inst, outcome)))
+    else:
+        typer.echo(schedule_text(policy, instance_file, inst, outcome))

@@ -1,0 +1,231 @@
+"""The execution model (paper §3.2-§3.3, SPEC §3), one dispatch at a time.
+
+A schedule is a dispatch sequence of (task, subtask, server). Each edge runs
+its subtasks one at a time in dispatch order, without preemption and without
+idling while work waits; the cloud runs everything at once. Times are
+computed when a subtask is dispatched, so a learning environment can step the
+model and a scheduler can ask "when would this finish?" before committing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from llmoffload.errors import OffloadError
+from llmoffload.instance import Instance, Subtask
+from llmoffload.network import link_rates
+
+
+class Dispatch(NamedTuple):
+    """Send subtask ``subtask`` of task ``task`` to server ``server``."""
+
+    task: int
+    subtask: int
+    server: int
+
+
+class InvalidDispatch(OffloadError):
+    """A dispatch that breaks precedence, modality, or repeats a subtask."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """When and where one subtask ran, and what it cost."""
+
+    task: int
+    subtask: int
+    server: int
+    start: float
+    upload: float
+    compute: float
+    end: float
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """T_i, Cost_i, T_max - T_i, and gamma T_i + (1 - gamma) Cost_i."""
+
+    latency: float
+    cost: float
+    slack: float
+    objective: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A finished schedule: every run in dispatch order and the per-task results."""
+
+    runs: list[Run]
+    tasks: list[TaskResult]
+    objective: float
+
+    @property
+    def order(self) -> list[Dispatch]:
+        return [Dispatch(r.task, r.subtask, r.server) for r in self.runs]
+
+    @property
+    def deadline_misses(self) -> int:
+        return sum(t.slack < 0 for t in self.tasks)
+
+
+def per_server(
+    subtasks: list[Subtask], amounts: list[float], factors: list[float], serves: list[set[str]]
+) -> list[list[float | None]]:
+    """amount * factor[s] for every subtask and server, None where s cannot serve it."""
+    return [
+        [amount * f if sub.modality in ok else None for f, ok in zip(factors, serves, strict=True)]
+        for sub, amount in zip(subtasks, amounts, strict=True)
+    ]
+
+
+class Tables:
+    """Per-instance constants, computed once: durations, costs, transfer rates."""
+
+    def __init__(self, instance: Instance) -> None:
+        sc = instance.scenario
+        self.instance = instance
+        self.gamma = sc.gamma
+        self.t_max = sc.t_max_s
+        self.from_arrival = sc.latency == "arrival"
+        self.cloud = sc.cloud
+        self.is_edge = [s.kind == "edge" for s in sc.servers]
+        self.servers = range(len(sc.servers))
+        self.sec_per_bit_ee = 1.0 / (sc.network.edge_edge_mbps * 1e6)
+        self.sec_per_bit_ec = 1.0 / (sc.network.edge_cloud_mbps * 1e6)
+        sec_per_cycle = [1 / (s.ghz * 1e9) for s in sc.servers]
+        usd_per_cycle = [s.usd_per_ghz / 1e9 for s in sc.servers]
+        serves = [set(s.modalities) for s in sc.servers]
+        self.preds: list[list[list[int]]] = []
+        self.out_bits: list[list[float]] = []
+        self.upload: list[list[list[float | None]]] = []
+        self.compute: list[list[list[float | None]]] = []
+        self.cost: list[list[list[float | None]]] = []
+        self.downlink: list[list[float]] = []
+        for task in instance.tasks:
+            up, down = link_rates(sc, task.distances_m)
+
+            self.preds.append([sub.preds for sub in task.subtasks])
+            self.out_bits.append([sub.output_bits for sub in task.subtasks])
+            bits = [sub.input_bits for sub in task.subtasks]
+            cycles = [sub.cycles for sub in task.subtasks]
+            self.upload.append(per_server(task.subtasks, bits, [1 / r for r in up], serves))
+            self.compute.append(per_server(task.subtasks, cycles, sec_per_cycle, serves))
+            self.cost.append(per_server(task.subtasks, cycles, usd_per_cycle, serves))
+            self.downlink.append([task.subtasks[-1].output_bits / down[s] for s in self.servers])
+
+    def supports(self, task: int, subtask: int, server: int) -> bool:
+        return self.upload[task][subtask][server] is not None
+
+    def transfer(self, task: int, pred: int, src: int, dst: int) -> float:
+        """Time to move a predecessor's output from server ``src`` to ``dst``."""
+        if src == dst:
+            return 0.0
+        per_bit = (
+            self.sec_per_bit_ec if src == self.cloud or dst == self.cloud else self.sec_per_bit_ee
+        )
+        return self.out_bits[task][pred] * per_bit
+
+
+class Execution:
+    """The system's state as subtasks are dispatched one by one."""
+
+    def __init__(self, instance: Instance | Tables) -> None:
+        self.tables = instance if isinstance(instance, Tables) else Tables(instance)
+        sizes = [len(p) for p in self.tables.preds]
+        self.placed = [[-1] * n for n in sizes]
+        self.start = [[0.0] * n for n in sizes]
+        self.end = [[0.0] * n for n in sizes]
+        self.left = list(sizes)
+        self.free = [0.0] * len(self.tables.servers)
+        self.runs: list[Run] = []
+
+    @property
+    def done(self) -> bool:
+        return not any(self.left)
+
+    def violation(self, task: int, subtask: int, server: int) -> str | None:
+        """Why this dispatch is not allowed now, or None if it is."""
+        t = self.tables
+        if not (0 <= task < len(t.preds) and 0 <= subtask < len(t.preds[task])):
+            return f"no subtask {subtask} in task {task}"
+        if server not in t.servers:
+            return f"no server {server}"
+        if self.placed[task][subtask] >= 0:
+            return f"task {task} subtask {subtask} was already dispatched"
+        waiting = [p for p in t.preds[task][subtask] if self.placed[task][p] < 0]
+        if waiting:
+            return f"task {task} subtask {subtask} waits for predecessors {waiting}"
+        if not t.supports(task, subtask, server):
+            return f"server {server} cannot serve the modality of task {task} subtask {subtask}"
+        return None
+
+    def ready_time(self, task: int, subtask: int, server: int) -> float:
+        """WT: when every predecessor's output has reached ``server``."""
+        t = self.tables
+        placed, end = self.placed[task], self.end[task]
+        return max(
+            (end[p] + t.transfer(task, p, placed[p], server) for p in t.preds[task][subtask]),
+            default=0.0,
+        )
+
+    def timing(self, task: int, subtask: int, server: int) -> tuple[float, float]:
+        """(start, end) this subtask would get if dispatched now; must be valid."""
+        t = self.tables
+        start = self.ready_time(task, subtask, server)
+        if t.is_edge[server] and self.free[server] > start:
+            start = self.free[server]
+        up = t.upload[task][subtask][server]
+        return start, start + up + t.compute[task][subtask][server]
+
+    def dispatch(self, task: int, subtask: int, server: int) -> Run:
+        """Commit one dispatch; raises InvalidDispatch if it breaks a constraint."""
+        reason = self.violation(task, subtask, server)
+        if reason is not None:
+            raise InvalidDispatch(reason)
+        t = self.tables
+        start, end = self.timing(task, subtask, server)
+        if t.is_edge[server]:
+            self.free[server] = end
+        self.placed[task][subtask] = server
+        self.start[task][subtask] = start
+        self.end[task][subtask] = end
+        self.left[task] -= 1
+        run = Run(
+            task,
+            subtask,
+            server,
+            start,
+            t.upload[task][subtask][server],
+            t.compute[task][subtask][server],
+            end,
+            t.cost[task][subtask][server],
+        )
+        self.runs.append(run)
+        return run
+
+    def task_result(self, task: int) -> TaskResult:
+        """T_i and Cost_i of a task whose subtasks are all dispatched (SPEC §3)."""
+        t = self.tables
+        if self.left[task]:
+            raise InvalidDispatch(f"task {task} still has {self.left[task]} subtasks to dispatch")
+        placed = self.placed[task]
+        first = 0.0 if t.from_arrival else min(self.start[task])
+        latency = max(self.end[task]) - first + t.downlink[task][placed[-1]]
+        cost = sum(t.cost[task][j][s] for j, s in enumerate(placed))
+        objective = t.gamma * latency + (1.0 - t.gamma) * cost
+        return TaskResult(latency, cost, t.t_max - latency, objective)
+
+    def schedule(self) -> Schedule:
+        tasks = [self.task_result(i) for i in range(len(self.left))]
+        return Schedule(list(self.runs), tasks, sum(r.objective for r in tasks))
+
+
+def evaluate(instance: Instance | Tables, order: Iterable[tuple[int, int, int]]) -> Schedule:
+    """Run a whole dispatch sequence through the execution model."""
+    ex = Execution(instance)
+    for task, subtask, server in order:
+        ex.dispatch(task, subtask, server)
+    return ex.schedule()

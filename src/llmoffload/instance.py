@@ -1,0 +1,138 @@
+"""Problem instances: concrete tasks sampled from a scenario, saved as JSON.
+
+An instance file embeds its scenario, so it replays exactly anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field, ValidationError, model_validator
+
+from llmoffload.errors import OffloadError
+from llmoffload.scenario import Model, Positive, Scenario, one_line
+
+FORMAT = "llmoffload-instance/1"
+
+
+class Subtask(Model):
+    """L_ij = (C_ij, D_ij, M_ij, R_ij) plus its predecessors (indices in the task)."""
+
+    name: str
+    modality: str
+    input_bits: Positive
+    output_bits: Positive
+    cycles: Positive
+    preds: list[Annotated[int, Field(ge=0)]] = []
+
+
+class Task(Model):
+    """One request's DAG; subtasks are in topological order, the last aggregates."""
+
+    workflow: str
+    distances_m: list[Positive]
+    subtasks: list[Subtask] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Task:
+        last = len(self.subtasks) - 1
+        successors: set[int] = set()
+        for j, sub in enumerate(self.subtasks):
+            for p in sub.preds:
+                if p >= j:
+                    raise ValueError(
+                        f"subtask {j} ('{sub.name}') lists predecessor {p}, which does not "
+                        "come before it (a cycle, or not in topological order)"
+                    )
+            successors.update(sub.preds)
+        sinks = [j for j in range(last + 1) if j not in successors]
+        if sinks != [last]:
+            raise ValueError(f"only the last subtask may have no successor, found {sinks}")
+        return self
+
+
+class Instance(Model):
+    """A scenario and the tasks of one episode."""
+
+    format: str = FORMAT
+    scenario: Scenario
+    tasks: list[Task] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fits_scenario(self) -> Instance:
+        edges = sum(s.kind == "edge" for s in self.scenario.servers)
+        known = set(self.scenario.modalities)
+        served = {m for s in self.scenario.servers for m in s.modalities}
+        for i, task in enumerate(self.tasks):
+            if len(task.distances_m) != edges:
+                raise ValueError(
+                    f"task {i} has {len(task.distances_m)} distances for {edges} edge servers"
+                )
+            for sub in task.subtasks:
+                if sub.modality not in known:
+                    raise ValueError(f"task {i} subtask '{sub.name}': unknown modality")
+                if sub.modality not in served:
+                    raise ValueError(
+                        f"task {i} subtask '{sub.name}': no server serves '{sub.modality}'"
+                    )
+        return self
+
+    def dumps(self) -> str:
+        return self.model_dump_json(indent=1) + "\n"
+
+
+def sample_task(scenario: Scenario, workflow: str, rng: np.random.Generator) -> Task:
+    """Draw one task of ``workflow``: sizes per modality and device-edge distances."""
+    flow = scenario.workflows[workflow]
+    load = scenario.workload
+    order = flow.order()
+    index = {name: j for j, name in enumerate(order)}
+    subtasks = []
+    for name in order:
+        sizes = load.sizes[flow.nodes[name]]
+        input_bits = float(rng.uniform(sizes.input_kbit.low, sizes.input_kbit.high)) * 1e3
+        output_bits = float(rng.uniform(sizes.output_kbit.low, sizes.output_kbit.high)) * 1e3
+        subtasks.append(
+            Subtask(
+                name=name,
+                modality=flow.nodes[name],
+                input_bits=input_bits,
+                output_bits=output_bits,
+                cycles=load.cycles_per_bit * input_bits,
+                preds=sorted(index[p] for p in flow.predecessors(name)),
+            )
+        )
+    span = scenario.network.channel.distance_m
+    edges = sum(s.kind == "edge" for s in scenario.servers)
+    distances = [float(d) for d in rng.uniform(span.low, span.high, size=edges)]
+    return Task(workflow=workflow, distances_m=distances, subtasks=subtasks)
+
+
+def sample_instance(
+    scenario: Scenario, rng: np.random.Generator, tasks: int | None = None
+) -> Instance:
+    """Draw an episode: each task's workflow uniformly from the workload's list."""
+    names = scenario.workload.workflows
+    count = scenario.workload.tasks if tasks is None else tasks
+    drawn = [sample_task(scenario, names[int(rng.integers(len(names)))], rng) for _ in range(count)]
+    return Instance(scenario=scenario, tasks=drawn)
+
+
+def load_instance(path: str | Path) -> Instance:
+    """Read and validate an instance JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise OffloadError(f"instance file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OffloadError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise OffloadError(f"{path}: not an instance file (expected format '{FORMAT}')")
+    try:
+        return Instance.model_validate(data)
+    except ValidationError as exc:
+        raise OffloadError(f"{path}: {one_line(exc)}") from None

@@ -1,0 +1,263 @@
+"""Scenario files: servers, network, workload and objective, validated on load.
+
+A scenario holds every number of the system model (SPEC §1-§3). The built-in
+``paper`` scenario (``scenarios/paper.yaml``) carries the paper's §5.1 and
+Table 2; each field's unit is in its name.
+"""
+
+from __future__ import annotations
+
+import math
+from graphlib import CycleError, TopologicalSorter
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmoffload.errors import OffloadError
+from llmoffload.network import dbm_to_watt, path_loss_gain, shannon_bps
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Model(BaseModel):
+    """Strict, immutable base: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(Model):
+    """A closed interval [low, high] that values are drawn from uniformly."""
+
+    low: Positive
+    high: Positive
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, value: object) -> object:
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return {"low": value[0], "high": value[1]}
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"range [{self.low}, {self.high}] has low > high")
+        return self
+
+
+class Server(Model):
+    """An edge server with a light LLM, or the cloud with the multimodal one."""
+
+    name: str
+    kind: Literal["edge", "cloud"]
+    ghz: Positive
+    usd_per_ghz: NonNegative
+    modalities: list[str] = Field(min_length=1)
+
+
+class Channel(Model):
+    """Simplified path-loss model G = 10^(g0/10) * d^-alpha (Goldsmith 2005, §2.6).
+
+    The paper gives no channel gain; device-edge distances are drawn per
+    (task, edge) from ``distance_m`` for every instance.
+    """
+
+    exponent: Positive = 3.0
+    reference_gain_db: Finite = 0.0
+    distance_m: Range = Range(low=50.0, high=100.0)
+
+
+class Network(Model):
+    """Wireless device-edge links (OFDMA, Shannon rate) and wired rates."""
+
+    bandwidth_mhz: Positive
+    device_power_w: Positive
+    edge_power_w: Positive
+    noise_dbm: Finite
+    channel: Channel = Channel()
+    device_cloud_up_mbps: Positive
+    device_cloud_down_mbps: Positive
+    edge_edge_mbps: Positive
+    edge_cloud_mbps: Positive
+
+    def gain(self, distance_m: float) -> float:
+        ch = self.channel
+        return path_loss_gain(distance_m, ch.exponent, ch.reference_gain_db)
+
+    def rate_bps(self, power_w: float, distance_m: float) -> float:
+        """Device-edge Shannon rate at ``distance_m`` for a transmitter of ``power_w``."""
+        noise_w = dbm_to_watt(self.noise_dbm)
+        return shannon_bps(self.bandwidth_mhz * 1e6, power_w, self.gain(distance_m), noise_w)
+
+    @model_validator(mode="after")
+    def _usable(self) -> Network:
+        far = self.channel.distance_m.high
+        rate = self.rate_bps(min(self.device_power_w, self.edge_power_w), far)
+        if not 0 < rate < math.inf:
+            raise ValueError(
+                f"the device-edge rate at {far} m is {rate} bit/s: check noise and gain"
+            )
+        return self
+
+
+class Sizes(Model):
+    """Input and output data sizes of one modality's subtasks, in kbit."""
+
+    input_kbit: Range
+    output_kbit: Range
+
+
+class Workflow(Model):
+    """A task DAG: node name -> modality, and edges (predecessor, successor)."""
+
+    nodes: dict[str, str] = Field(min_length=1)
+    edges: list[tuple[str, str]] = []
+
+    def order(self) -> list[str]:
+        """Node names in a topological order, ties kept in declaration order."""
+        sorter = TopologicalSorter({n: [] for n in self.nodes})
+        for pred, succ in self.edges:
+            sorter.add(succ, pred)
+        sorter.prepare()
+        rank = {n: k for k, n in enumerate(self.nodes)}
+        order: list[str] = []
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready(), key=rank.__getitem__)
+            order.extend(ready)
+            sorter.done(*ready)
+        return order
+
+    def predecessors(self, node: str) -> list[str]:
+        return [p for p, s in self.edges if s == node]
+
+    @model_validator(mode="after")
+    def _dag(self) -> Workflow:
+        for pred, succ in self.edges:
+            for end in (pred, succ):
+                if end not in self.nodes:
+                    raise ValueError(f"edge ({pred}, {succ}) names unknown node '{end}'")
+            if pred == succ:
+                raise ValueError(f"edge ({pred}, {succ}) is a self-loop")
+        try:
+            self.order()
+        except CycleError as exc:
+            raise ValueError(f"workflow has a cycle through {' -> '.join(exc.args[1])}") from None
+        sources = [n for n in self.nodes if not self.predecessors(n)]
+        sinks = [n for n in self.nodes if all(p != n for p, _ in self.edges)]
+        if len(sources) != 1 or len(sinks) != 1:
+            raise ValueError(
+                "workflow needs one analysis (source) and one aggregation (sink) node, "
+                f"found sources {sources} and sinks {sinks}"
+            )
+        return self
+
+
+class Workload(Model):
+    """What one episode holds: how many tasks, drawn from which workflows."""
+
+    tasks: int = Field(default=5, gt=0)
+    workflows: list[str] = Field(min_length=1)
+    cycles_per_bit: Positive = 1900.0
+    sizes: dict[str, Sizes] = Field(min_length=1)
+
+
+class Reward(Model):
+    """The MDP's reward constants (paper Table 2): penalty v and bonus theta."""
+
+    penalty: NonNegative = 1.0
+    bonus: NonNegative = 2.0
+
+
+class Scenario(Model):
+    """Everything needed to sample instances and evaluate schedules."""
+
+    name: str = "custom"
+    gamma: Annotated[float, Field(ge=0, le=1)] = 0.5
+    t_max_s: Positive = 3.0
+    latency: Literal["span", "arrival"] = "span"
+    servers: list[Server] = Field(min_length=1)
+    network: Network
+    workload: Workload
+    reward: Reward = Reward()
+    workflows: dict[str, Workflow] = Field(min_length=1)
+
+    @property
+    def cloud(self) -> int:
+        """Index of the cloud server."""
+        return next(k for k, s in enumerate(self.servers) if s.kind == "cloud")
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.workload.sizes)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        names = [s.name for s in self.servers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"server names must be unique, got {names}")
+        if sum(s.kind == "cloud" for s in self.servers) != 1:
+            raise ValueError("exactly one server must have kind 'cloud'")
+        known = set(self.modalities)
+        served = {m for s in self.servers for m in s.modalities}
+        for server in self.servers:
+            for m in server.modalities:
+                if m not in known:
+                    raise ValueError(f"server '{server.name}': unknown modality '{m}'")
+        for name, flow in self.workflows.items():
+            for node, m in flow.nodes.items():
+                if m not in known:
+                    raise ValueError(f"workflow '{name}' node '{node}': unknown modality '{m}'")
+                if m not in served:
+                    raise ValueError(f"workflow '{name}' node '{node}': no server serves '{m}'")
+        for name in self.workload.workflows:
+            if name not in self.workflows:
+                raise ValueError(f"workload names unknown workflow '{name}'")
+        return self
+
+
+BUILTIN = ("paper",)
+
+
+def one_line(exc: ValidationError) -> str:
+    """Pydantic's first error as 'where: what', on one line."""
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def parse_scenario(data: object, source: str) -> Scenario:
+    """Validate already-parsed data; errors name the source and the field."""
+    if not isinstance(data, dict):
+        raise OffloadError(f"{source}: a scenario must be a mapping of fields")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise OffloadError(f"{source}: {one_line(exc)}") from None
+
+
+def load_scenario(spec: str | Path) -> Scenario:
+    """Load a built-in scenario by name, or a YAML scenario file by path."""
+    if str(spec) in BUILTIN:
+        text = resources.files("llmoffload.scenarios").joinpath(f"{spec}.yaml").read_text()
+        source = f"built-in scenario '{spec}'"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise OffloadError(f"scenario file not found: {path} (built-in: {', '.join(BUILTIN)})")
+        source = str(path)
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise OffloadError(f"{source}: not a text file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "unreadable"
+        raise OffloadError(f"{source}: not valid YAML: {problem}") from None
+    return parse_scenario(data, source)

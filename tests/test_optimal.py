@@ -1,0 +1,118 @@
+"""Optimal (CP-SAT) against exhaustive enumeration and against every heuristic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmoffload.execution import Dispatch, Execution, evaluate
+from llmoffload.instance import Instance, sample_instance
+from llmoffload.optimal import solve
+from llmoffload.scenario import Scenario, load_scenario
+from llmoffload.schedulers import SCHEDULERS
+
+# CP-SAT works in 1 us ticks; a schedule's objective sums at most a few dozen
+# rounded durations per task, so 1e-5 bounds the rounding it can hide.
+TICK_SLOP = 1e-5
+
+TINY_FLOWS = {
+    "chain": {"nodes": {"a": "text", "b": "image", "c": "text"}, "edges": [["a", "b"], ["b", "c"]]},
+    "fork": {
+        "nodes": {"a": "text", "b": "image", "c": "text", "d": "text"},
+        "edges": [["a", "b"], ["a", "c"], ["b", "d"], ["c", "d"]],
+    },
+    "fuse": {
+        "nodes": {"a": "text", "b": "image+text", "c": "text"},
+        "edges": [["a", "b"], ["b", "c"]],
+    },
+}
+
+
+def all_sequences(ex: Execution, prefix: list[Dispatch]) -> Iterator[list[Dispatch]]:
+    """Every valid dispatch sequence: all interleavings times all placements."""
+    t = ex.tables
+    if ex.done:
+        yield prefix
+        return
+    for i, preds in enumerate(t.preds):
+        for j, pj in enumerate(preds):
+            if ex.placed[i][j] >= 0 or any(ex.placed[i][p] < 0 for p in pj):
+                continue
+            for s in t.servers:
+                if t.supports(i, j, s):
+                    step = Execution(t)
+                    for d in (*prefix, Dispatch(i, j, s)):
+                        step.dispatch(*d)
+                    yield from all_sequences(step, [*prefix, Dispatch(i, j, s)])
+
+
+def exhaustive(instance: Instance) -> float:
+    """The least objective over every dispatch sequence, by brute force."""
+    ex = Execution(instance)
+    return min(evaluate(ex.tables, seq).objective for seq in all_sequences(ex, []))
+
+
+@st.composite
+def tiny_instances(draw: st.DrawFn) -> Instance:
+    """One or two tiny tasks on the paper's servers, in regimes where edges can win."""
+    base = load_scenario("paper").model_dump()
+    base["workflows"] = TINY_FLOWS
+    base["workload"]["workflows"] = list(TINY_FLOWS)
+    base["gamma"] = draw(st.sampled_from([0.2, 0.5, 0.9]))
+    base["latency"] = draw(st.sampled_from(["span", "arrival"]))
+    base["servers"][3]["usd_per_ghz"] = draw(st.sampled_from([0.03, 0.3, 3.0]))
+    base["network"]["device_cloud_up_mbps"] = draw(st.sampled_from([0.5, 3.0, 30.0]))
+    scenario = Scenario.model_validate(base)
+    tasks = draw(st.integers(1, 2))
+    return sample_instance(scenario, np.random.default_rng(draw(st.integers(0, 2**32))), tasks)
+
+
+@settings(max_examples=25, deadline=None)
+@given(tiny_instances())
+def test_optimal_equals_exhaustive(instance: Instance) -> None:
+    solution = solve(instance, time_limit_s=30)
+    best = exhaustive(instance)
+    assert solution.proven
+    assert solution.schedule.objective >= best - 1e-12
+    assert solution.schedule.objective == pytest.approx(best, abs=TICK_SLOP)
+    assert solution.bound <= best + TICK_SLOP
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 3), st.sampled_from(["span", "arrival"]))
+def test_optimal_beats_every_heuristic(seed: int, tasks: int, latency: str) -> None:
+    scenario = load_scenario("paper").model_copy(update={"latency": latency})
+    instance = sample_instance(scenario, np.random.default_rng(seed), tasks)
+    solution = solve(instance, time_limit_s=30)
+    assert solution.proven
+    for name in ("random", "all-cloud", "greedy", "heft"):
+        order = SCHEDULERS[name](instance, np.random.default_rng(seed))
+        assert solution.schedule.objective <= evaluate(instance, order).objective + TICK_SLOP
+
+
+def test_optimal_uses_the_edge_when_it_pays() -> None:
+    """With a dear, slow cloud, optimal keeps single-modality work on the edges."""
+    base = load_scenario("paper").model_dump()
+    base["servers"][3]["usd_per_ghz"] = 10.0
+    instance = sample_instance(Scenario.model_validate(base), np.random.default_rng(3), 2)
+    solution = solve(instance, time_limit_s=30)
+    cloud = instance.scenario.cloud
+    multimodal = {"image+text", "audio+text"}
+    for run in solution.schedule.runs:
+        modality = instance.tasks[run.task].subtasks[run.subtask].modality
+        assert (run.server == cloud) == (modality in multimodal)
+
+
+def test_time_limit_keeps_the_best_schedule_and_a_valid_bound() -> None:
+    instance = sample_instance(load_scenario("paper"), np.random.default_rng(0), 20)
+    solution = solve(instance, time_limit_s=0.05)
+    proven = solve(sample_instance(load_scenario("paper"), np.random.default_rng(0), 2))
+    heft = evaluate(instance, SCHEDULERS["heft"](instance, np.random.default_rng(0)))
+    assert solution.schedule.objective <= heft.objective
+    assert solution.bound <= solution.schedule.objective + TICK_SLOP
+    assert 0.0 <= solution.gap <= 1.0
+    assert proven.proven and proven.gap == 0.0
