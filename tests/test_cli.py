@@ -239,7 +239,10 @@ def negative_size(d: dict[str, Any]) -> None:
 BAD_SCENARIOS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "cyclic workflow": (cycle, "cycle"),
     "unknown modality": (video_node, "unknown modality 'video'"),
-    "modality no server serves": (unserved, "no server serves 'video'"),
+    "modality no server serves": (
+        unserved,
+        "the cloud must serve every modality, but not ['video']",
+    ),
     "zero edge-edge rate": (zero_edge_rate, "edge_edge_mbps"),
     "negative bandwidth": (negative_bandwidth, "bandwidth_mhz"),
     "negative size": (negative_size, "input_kbit"),

@@ -203,17 +203,18 @@ class Scenario(Model):
         if sum(s.kind == "cloud" for s in self.servers) != 1:
             raise ValueError("exactly one server must have kind 'cloud'")
         known = set(self.modalities)
-        served = {m for s in self.servers for m in s.modalities}
         for server in self.servers:
             for m in server.modalities:
                 if m not in known:
                     raise ValueError(f"server '{server.name}': unknown modality '{m}'")
+        cloud = self.servers[self.cloud]
+        missing = [m for m in self.modalities if m not in cloud.modalities]
+        if missing:
+            raise ValueError(f"the cloud must serve every modality, but not {missing}")
         for name, flow in self.workflows.items():
             for node, m in flow.nodes.items():
                 if m not in known:
                     raise ValueError(f"workflow '{name}' node '{node}': unknown modality '{m}'")
-                if m not in served:
-                    raise ValueError(f"workflow '{name}' node '{node}': no server serves '{m}'")
         for name in self.workload.workflows:
             if name not in self.workflows:
                 raise ValueError(f"workload names unknown workflow '{name}'")

@@ -1,0 +1,180 @@
+"""An independent check that a schedule obeys the system model (SPEC §3).
+
+Written apart from ``execution.py`` on purpose: it recomputes every time and
+cost straight from the instance's raw fields, so a bug in the execution
+model (or in a scheduler that builds ``Run`` records itself) shows up as a
+disagreement instead of being checked against itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from llmoffload.errors import OffloadError
+from llmoffload.execution import Run, Schedule
+from llmoffload.instance import Instance
+from llmoffload.network import link_rates
+
+
+def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> list[str]:
+    """Every way ``schedule`` breaks the model, in words; empty if it is valid.
+
+    ``schedule.runs`` must be in dispatch order: the edge queues and the
+    precedence check depend on it. Equalities and inequalities hold to
+    ``tol``, relative or absolute (``math.isclose``), so long schedules with
+    large times are not failed for rounding.
+    """
+    sc = instance.scenario
+    net = sc.network
+    tasks = instance.tasks
+    runs = schedule.runs
+
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+    def early(a: float, b: float) -> bool:
+        """a < b by more than rounding: the same tolerance as ``close``."""
+        return a < b and not close(a, b)
+
+    problems: list[str] = []
+
+    # Coverage: each (task, subtask) exactly once; remember where it was dispatched.
+    position: dict[tuple[int, int], int] = {}
+    for k, r in enumerate(runs):
+        if not (0 <= r.task < len(tasks) and 0 <= r.subtask < len(tasks[r.task].subtasks)):
+            problems.append(f"run {k}: task {r.task} has no subtask {r.subtask}")
+        elif (r.task, r.subtask) in position:
+            problems.append(f"run {k}: task {r.task} subtask {r.subtask} dispatched again")
+        else:
+            position[(r.task, r.subtask)] = k
+    for i, task in enumerate(tasks):
+        for j in range(len(task.subtasks)):
+            if (i, j) not in position:
+                problems.append(f"task {i} subtask {j} is never dispatched")
+
+    rates = [link_rates(sc, task.distances_m) for task in tasks]
+
+    def transfer(bits: float, src: int, dst: int) -> float:
+        """Moving a predecessor's output between servers (SPEC §3)."""
+        if src == dst:
+            return 0.0
+        if "cloud" in (sc.servers[src].kind, sc.servers[dst].kind):
+            return bits / (net.edge_cloud_mbps * 1e6)
+        return bits / (net.edge_edge_mbps * 1e6)
+
+    # Each run on its own, then against its predecessors and its server's queue.
+    previous_end: dict[int, float] = {}  # edge -> end of the last run dispatched to it
+    for k, r in enumerate(runs):
+        if position.get((r.task, r.subtask)) != k:
+            continue  # out of range or a repeat: reported above
+        where = f"run {k} (task {r.task} subtask {r.subtask})"
+        if not 0 <= r.server < len(sc.servers):
+            problems.append(f"{where}: no server {r.server}")
+            continue
+        server = sc.servers[r.server]
+        sub = tasks[r.task].subtasks[r.subtask]
+        if sub.modality not in server.modalities:
+            problems.append(f"{where}: server '{server.name}' cannot serve '{sub.modality}'")
+        upload = sub.input_bits / rates[r.task][0][r.server]
+        compute = sub.cycles / (server.ghz * 1e9)
+        cost = sub.cycles / 1e9 * server.usd_per_ghz
+        for field, got, want in (
+            ("upload", r.upload, upload),
+            ("compute", r.compute, compute),
+            ("end", r.end, r.start + upload + compute),
+            ("cost", r.cost, cost),
+        ):
+            if not close(got, want):
+                problems.append(f"{where}: {field} {got!r}, expected {want!r}")
+
+        ready = 0.0
+        complete = True
+        for p in sub.preds:
+            kp = position.get((r.task, p))
+            if kp is None or kp > k:
+                problems.append(f"{where}: predecessor {p} is not dispatched before it")
+                complete = False
+                continue
+            pred: Run = runs[kp]
+            if not 0 <= pred.server < len(sc.servers):
+                complete = False
+                continue
+            arrives = pred.end + transfer(
+                tasks[r.task].subtasks[p].output_bits, pred.server, r.server
+            )
+            if early(r.start, arrives):
+                problems.append(
+                    f"{where}: starts at {r.start!r}, before predecessor {p}'s output "
+                    f"arrives at {arrives!r}"
+                )
+            ready = max(ready, arrives)
+
+        if server.kind == "cloud":
+            expected_start = ready  # the cloud has no queue
+        else:
+            free = previous_end.get(r.server, 0.0)
+            if early(r.start, free):
+                problems.append(
+                    f"{where}: starts at {r.start!r} while '{server.name}' is busy until {free!r}"
+                )
+            expected_start = max(ready, free)  # no idling while work waits
+            previous_end[r.server] = r.end
+        if complete and not close(r.start, expected_start):
+            problems.append(f"{where}: starts at {r.start!r}, expected {expected_start!r}")
+
+    problems.extend(_task_problems(instance, schedule, position, close))
+    return problems
+
+
+def _task_problems(
+    instance: Instance,
+    schedule: Schedule,
+    position: dict[tuple[int, int], int],
+    close: Callable[[float, float], bool],
+) -> list[str]:
+    """Latency, cost, slack and objective per task, and the total (SPEC §3)."""
+    sc = instance.scenario
+    if len(schedule.tasks) != len(instance.tasks):
+        return [f"{len(schedule.tasks)} task results for {len(instance.tasks)} tasks"]
+    problems: list[str] = []
+    total = 0.0
+    for i, (task, result) in enumerate(zip(instance.tasks, schedule.tasks, strict=True)):
+        keys = [(i, j) for j in range(len(task.subtasks))]
+        if any(key not in position for key in keys):
+            return problems  # coverage already reported; totals would mislead
+        mine = [schedule.runs[position[key]] for key in keys]
+        last = mine[-1]
+        if not 0 <= last.server < len(sc.servers):
+            return problems
+        first = 0.0 if sc.latency == "arrival" else min(r.start for r in mine)
+        _, down = link_rates(sc, task.distances_m)
+        latency = (
+            max(r.end for r in mine) - first + task.subtasks[-1].output_bits / down[last.server]
+        )
+        cost = sum(
+            sub.cycles / 1e9 * sc.servers[r.server].usd_per_ghz
+            for sub, r in zip(task.subtasks, mine, strict=True)
+            if 0 <= r.server < len(sc.servers)
+        )
+        objective = sc.gamma * latency + (1.0 - sc.gamma) * cost
+        total += objective
+        for field, got, want in (
+            ("latency", result.latency, latency),
+            ("cost", result.cost, cost),
+            ("slack", result.slack, sc.t_max_s - latency),
+            ("objective", result.objective, objective),
+        ):
+            if not close(got, want):
+                problems.append(f"task {i}: {field} {got!r}, expected {want!r}")
+    if not close(schedule.objective, total):
+        problems.append(f"objective {schedule.objective!r}, expected {total!r}")
+    return problems
+
+
+def check(instance: Instance, schedule: Schedule) -> None:
+    """Raise OffloadError naming the first problems if ``schedule`` is invalid."""
+    problems = violations(instance, schedule)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise OffloadError("invalid schedule: " + "; ".join(problems[:3]) + more)
