@@ -10,6 +10,7 @@ DEMO  := runs/demo
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0  # the CPU wheel; an unpinned torch pulls CUDA
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -233,8 +233,14 @@ def resolve_policy(policy: str, time_limit_s: float) -> Policy:
             return Outcome(solution.schedule, solution)
 
         return solve
+    if Path(policy).is_dir():
+        from llmoffload.training import policy_schedule  # torch only when asked
+
+        return lambda inst, rng: Outcome(policy_schedule(Path(policy), inst))
     if policy not in SCHEDULERS:
-        raise OffloadError(f"unknown policy '{policy}' (choose from {', '.join(SCHEDULERS)})")
+        raise OffloadError(
+            f"unknown policy '{policy}' (choose from {', '.join(SCHEDULERS)}, or a run directory)"
+        )
     scheduler = SCHEDULERS[policy]
     return lambda inst, rng: Outcome(evaluate(inst, scheduler(inst, rng)))
 
@@ -334,7 +340,9 @@ def schedule_text(policy: str, path: Path, inst: Instance, outcome: Outcome) -> 
 @app.command("schedule")
 def schedule_cmd(
     instance_file: Annotated[Path, typer.Argument(metavar="FILE.json")],
-    policy: Annotated[str, typer.Option(help=f"One of: {', '.join(SCHEDULERS)}.")],
+    policy: Annotated[
+        str, typer.Option(help=f"One of: {', '.join(SCHEDULERS)}, or a trained run directory.")
+    ],
     seed: Annotated[int, typer.Option(help="Seed of numpy's default_rng.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     gantt: Annotated[
@@ -363,3 +371,75 @@ def schedule_cmd(
         typer.echo(json.dumps(schedule_json(policy, instance_file, inst, outcome)))
     else:
         typer.echo(schedule_text(policy, instance_file, inst, outcome))
+
+
+@app.command("train")
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    algo: Annotated[str, typer.Option(help="Learning method: ucb-coma or coma.")] = "ucb-coma",
+    scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
+    episodes: Annotated[int, typer.Option(min=1, help="Training episodes (paper: 700).")] = 700,
+    seed: Annotated[int, typer.Option(help="Seed every random draw flows from.")] = 0,
+    failure_prob: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Per-step probability that an edge is down.")
+    ] = 0.0,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable)."),
+    ] = None,
+) -> None:
+    """Train a learner; writes episodes.csv, checkpoint.pt, reward_curve.png, config.json."""
+    from llmoffload.training import make_config, train  # torch only when asked
+
+    config = make_config(algo, parse_settings(settings or []))
+    sc = load_scenario(scenario)
+    rows = train(algo, sc, episodes, seed, out, config, failure_prob)
+    tail = rows[-min(50, len(rows)) :]
+    mean = sum(r["reward"] for r in tail) / len(tail)
+    typer.echo(
+        f"trained {algo} for {episodes} episodes on {sc.name} (seed {seed}); "
+        f"mean reward of the last {len(tail)}: {mean:.2f}; wrote {out}/"
+    )
+
+
+def parse_settings(settings: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise OffloadError(f"--set {item}: expected KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    episodes: Annotated[int, typer.Option(min=1, help="Held-out episodes.")] = 200,
+    time_limit: Annotated[
+        float, typer.Option(min=0.001, help="CP-SAT time limit per instance, seconds.")
+    ] = 10.0,
+) -> None:
+    """Greedy policy on held-out instances, beside HEFT and Optimal; writes evaluation.csv."""
+    from llmoffload.training import evaluate_run, load_run  # torch only when asked
+
+    load_run(run)  # a clear error before any work if the run is missing
+    rows = evaluate_run(run, episodes, time_limit)
+    typer.echo(f"{run}: {episodes} held-out episodes (greedy over valid actions)")
+    typer.echo(table(["metric", "mean", "sd"], evaluation_table(rows)))
+
+
+def evaluation_table(rows: list[dict[str, float]]) -> list[list[str]]:
+    """Mean and spread of each metric, and the per-instance ratios to HEFT and Optimal."""
+    columns = {
+        "objective": [r["objective"] for r in rows],
+        "latency (s)": [r["latency"] for r in rows],
+        "cost ($)": [r["cost"] for r in rows],
+        "deadline misses": [r["deadline_misses"] for r in rows],
+        "ratio to HEFT": [r["objective"] / r["heft"] for r in rows],
+        "ratio to Optimal": [r["objective"] / r["optimal"] for r in rows],
+    }
+    return [
+        [name, f"{np.mean(v):.4f}", f"{np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"]
+        for name, v in columns.items()
+    ]

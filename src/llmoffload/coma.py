@@ -1,0 +1,202 @@
+"""UCB-COMA (paper §4.2, Algorithm 1) and its ablation, plain COMA.
+
+One actor per agent (subtask head x location head), one centralised critic
+Q(S, A) that gives all of an agent's action values in one pass (EPyMARL's
+COMA critic), a target critic, and a replay buffer of (S, A, R, S').
+
+Algorithm 1, as this file follows it:
+  1-2  actors, critic and target critic; counts N_i, n_i(j, k); step = 0
+  6    act: UCB-COMA picks argmax_{j,k} log pi(j, k | s_i)
+       + eps sqrt(2 ln N_i / (n_i(j, k) + 1)), eps decaying linearly over
+       training; COMA samples from pi
+  7    store (S, A, R, S') with R the sum of the agents' rewards
+  8-11 every 32 steps: sample B transitions, update the critic on the TD
+       error (R + psi Q'(S', A') - Q(S, A))^2 with A' drawn from the current
+       actors at S', then each actor on grad log pi(a_i | s_i) (Q(S, A) - B_i),
+       B_i = sum_a' pi(a' | s_i) Q(S, (a', A^-i))
+  12-13 copy the critic into the target every 10 updates
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmoffload.env import Layout
+from llmoffload.nets import Actor, Critic
+from llmoffload.replay import ReplayBuffer
+
+
+@dataclass
+class ComaConfig:
+    """Hyperparameters; the paper's where it gives them (Table 2, §4.2), else marked."""
+
+    ucb: bool = True  # UCB action selection (UCB-COMA); False samples from pi (COMA)
+    lr: float = 1e-3  # Table 2 (the critic's)
+    actor_lr: float = 1e-4  # choice: at 1e-3 the factored actors collapse within ~10 episodes
+    psi: float = 0.95  # discount, Table 2
+    update_every: int = 32  # env steps between updates, Algorithm 1 line 8
+    target_every: int = 10  # updates between target copies, Algorithm 1 line 12
+    batch_size: int = 64  # choice: B is not given
+    buffer_size: int = 5000  # choice: |D| is not given
+    hidden: int = 128  # choice: actor/critic MLP width (the GCN's 64 is the paper's)
+    eps_start: float = 1.0  # choice: UCB weight at the start, decays linearly ...
+    eps_end: float = 0.0  # ... to this at the end of training
+    grad_clip: float = 10.0  # choice: EPyMARL's default
+    entropy: float = 0.01  # choice: entropy bonus keeps pi from collapsing early
+
+
+class Coma:
+    """A learner: ``act`` each step, ``observe`` each transition; it updates itself."""
+
+    def __init__(
+        self, layout: Layout, agents: int, config: ComaConfig, rng: np.random.Generator
+    ) -> None:
+        self.layout, self.agents, self.config, self.rng = layout, agents, config, rng
+        self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        actions, state_size = layout.actions, agents * layout.size
+        self.actors = nn.ModuleList(Actor(layout, config.hidden) for _ in range(agents))
+        self.critic = Critic(layout, agents, config.hidden)
+        self.target = Critic(layout, agents, config.hidden)
+        self.target.load_state_dict(self.critic.state_dict())
+        self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.counts = np.zeros((agents, actions))  # n_i(j, k); N_i is a row's sum
+        self.buffer = ReplayBuffer(
+            config.buffer_size,
+            {
+                "state": ((state_size,), np.float32),
+                "actions": ((agents,), np.int64),
+                "active": ((agents,), np.float32),
+                "reward": ((), np.float32),
+                "next_state": ((state_size,), np.float32),
+                "next_active": ((agents,), np.float32),
+                "terminal": ((), np.float32),
+            },
+            rng,
+        )
+        self.steps = 0
+        self.updates = 0
+        self.progress = 0.0  # fraction of training done, for the eps schedule
+
+    # -- acting ----------------------------------------------------------------
+
+    def log_pi(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs (..., I, O) -> every agent's joint log-probabilities (..., I, A)."""
+        return torch.stack([actor(obs[..., i, :]) for i, actor in enumerate(self.actors)], -2)
+
+    def act(
+        self,
+        obs: np.ndarray,
+        active: np.ndarray,
+        explore: bool,
+        masks: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One action per agent (-1 for inactive ones): UCB or sampled when exploring,
+        greedy (over ``masks`` if given) when not."""
+        with torch.no_grad():
+            logp = self.log_pi(torch.as_tensor(obs)).numpy()
+        if not explore:
+            if masks is not None:
+                logp = np.where(masks > 0, logp, -np.inf)
+            choice = logp.argmax(-1)
+        elif self.config.ucb:
+            c = self.config
+            eps = c.eps_start + (c.eps_end - c.eps_start) * self.progress
+            tries = self.counts.sum(-1, keepdims=True)
+            bonus = eps * np.sqrt(2.0 * np.log(np.maximum(tries, 1.0)) / (self.counts + 1.0))
+            choice = (logp + bonus).argmax(-1)
+        else:
+            choice = self.sample(torch.as_tensor(logp)).numpy()
+        choice = np.where(active, choice, -1)
+        if explore:
+            rows = np.flatnonzero(active)
+            self.counts[rows, choice[rows]] += 1
+        return choice
+
+    def sample(self, logp: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(
+            logp.exp().reshape(-1, logp.shape[-1]), 1, generator=self.generator
+        ).reshape(logp.shape[:-1])
+
+    # -- learning --------------------------------------------------------------
+
+    def observe(self, **transition: np.ndarray | float | bool) -> None:
+        """Store (S, A, R, S') and update every ``update_every`` steps."""
+        self.buffer.add(**transition)
+        self.steps += 1
+        if (
+            self.steps % self.config.update_every == 0
+            and len(self.buffer) >= self.config.batch_size
+        ):
+            self.update()
+
+    def update(self) -> None:
+        c = self.config
+        b = self.buffer.sample(c.batch_size)
+        n, size = self.agents, self.layout.size
+        obs = b["state"].view(-1, n, size)
+        taken = b["actions"].clamp(min=0).unsqueeze(-1)
+        active = b["active"]
+
+        # Critic: TD error on Q(S, A), target Q'(S', A') with A' ~ pi(. | S').
+        with torch.no_grad():
+            next_logp = self.log_pi(b["next_state"].view(-1, n, size))
+            next_actions = torch.where(b["next_active"] > 0, self.sample(next_logp), -1)
+            q_next = self.target(b["next_state"], next_actions)
+            q_next = q_next.gather(-1, next_actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            live = b["next_active"]
+            v_next = (q_next * live).sum(-1) / live.sum(-1).clamp(min=1.0)
+            y = b["reward"] + c.psi * (1.0 - b["terminal"]) * v_next
+        q = self.critic(b["state"], b["actions"])
+        q_taken = q.gather(-1, taken).squeeze(-1)
+        critic_loss = (((q_taken - y.unsqueeze(-1)) ** 2) * active).sum() / active.sum()
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
+        self.critic_opt.step()
+
+        # Actors: counterfactual advantage Q(S, A) - sum_a' pi(a') Q(S, (a', A^-i)).
+        logp = self.log_pi(obs)
+        with torch.no_grad():
+            q = self.critic(b["state"], b["actions"])
+            baseline = (logp.exp() * q).sum(-1)
+            advantage = q.gather(-1, taken).squeeze(-1) - baseline
+        chosen = logp.gather(-1, taken).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        actor_loss = -((chosen * advantage + c.entropy * entropy) * active).sum() / active.sum()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        nn.utils.clip_grad_norm_(self.actors.parameters(), c.grad_clip)
+        self.actor_opt.step()
+
+        self.updates += 1
+        if self.updates % c.target_every == 0:
+            self.target.load_state_dict(self.critic.state_dict())
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "actors": self.actors.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target": self.target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "counts": self.counts,
+            "steps": self.steps,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actors.load_state_dict(state["actors"])
+        self.critic.load_state_dict(state["critic"])
+        self.target.load_state_dict(state["target"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.counts = state["counts"]
+        self.steps, self.updates = state["steps"], state["updates"]

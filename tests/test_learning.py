@@ -1,0 +1,200 @@
+"""UCB-COMA and COMA: action selection, the critic, runs on disk, and learning for real."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llmoffload.cli import app
+from llmoffload.coma import Coma, ComaConfig
+from llmoffload.env import OffloadEnv
+from llmoffload.execution import evaluate
+from llmoffload.heuristics import random_valid
+from llmoffload.instance import sample_instance
+from llmoffload.scenario import Scenario, load_scenario
+from llmoffload.training import (
+    EVAL,
+    episode_seed,
+    evaluate_run,
+    load_run,
+    make_config,
+    new_learner,
+    run_episode,
+    train,
+)
+
+
+def scenario_with(tasks: int) -> Scenario:
+    sc = load_scenario("paper")
+    return sc.model_copy(update={"workload": sc.workload.model_copy(update={"tasks": tasks})})
+
+
+@pytest.fixture(scope="module")
+def env() -> OffloadEnv:
+    return OffloadEnv(scenario_with(2))
+
+
+def test_ucb_picks_the_highest_score_computed_by_hand(env: OffloadEnv) -> None:
+    learner = new_learner("ucb-coma", make_config("ucb-coma", {}), env, seed=0)
+    learner.progress = 0.25  # eps = 1.0 + (0.1 - 1.0) * 0.25
+    counts = np.random.default_rng(1).integers(0, 30, size=learner.counts.shape).astype(float)
+    learner.counts = counts.copy()
+    env.reset(seed=3)
+    per_agent = env.state().reshape(2, -1)
+    with torch.no_grad():
+        logp = [learner.actors[i](torch.as_tensor(per_agent[i])).numpy() for i in range(2)]
+    eps = 1.0 + (0.1 - 1.0) * 0.25
+    expected = []
+    for i in range(2):
+        total = counts[i].sum()
+        score = [
+            logp[i][a] + eps * math.sqrt(2 * math.log(total) / (counts[i][a] + 1))
+            for a in range(env.layout.actions)
+        ]
+        expected.append(int(np.argmax(score)))
+    chosen = learner.act(per_agent, np.array([True, True]), explore=True)
+    assert list(chosen) == expected
+    for i in range(2):  # the tried pair's count went up by one, nothing else moved
+        diff = learner.counts[i] - counts[i]
+        assert diff[expected[i]] == 1 and diff.sum() == 1
+
+
+def test_greedy_respects_the_mask_and_skips_inactive_agents(env: OffloadEnv) -> None:
+    learner = new_learner("coma", make_config("coma", {}), env, seed=0)
+    obs, _ = env.reset(seed=4)
+    per_agent = env.state().reshape(2, -1)
+    masks = np.stack([obs[a]["action_mask"] for a in env.possible_agents])
+    chosen = learner.act(per_agent, np.array([True, False]), explore=False, masks=masks)
+    assert chosen[1] == -1
+    assert masks[0, chosen[0]] == 1
+    with torch.no_grad():
+        logp = learner.actors[0](torch.as_tensor(per_agent[0])).numpy()
+    valid = np.flatnonzero(masks[0])
+    assert chosen[0] == valid[np.argmax(logp[valid])]
+
+
+def test_actor_is_a_product_of_subtask_and_location_heads(env: OffloadEnv) -> None:
+    learner = new_learner("coma", make_config("coma", {}), env, seed=0)
+    env.reset(seed=5)
+    obs = torch.as_tensor(env.state().reshape(2, -1)[0])
+    with torch.no_grad():
+        joint = learner.actors[0](obs).exp().reshape(env.layout.subtasks, env.layout.servers)
+    assert float(joint.sum()) == pytest.approx(1.0, abs=1e-6)
+    outer = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
+    assert torch.allclose(joint, outer, atol=1e-6)
+
+
+def test_critic_rows_ignore_own_action_and_see_the_others() -> None:
+    env3 = OffloadEnv(scenario_with(3))
+    learner = Coma(env3.layout, 3, ComaConfig(), np.random.default_rng(0))
+    env3.reset(seed=0)
+    state = torch.as_tensor(env3.state()).unsqueeze(0)
+    base = learner.critic(state, torch.tensor([[1, 2, 3]]))
+    own = learner.critic(state, torch.tensor([[7, 2, 3]]))  # agent 0 changes its action
+    assert torch.equal(base[0, 0], own[0, 0])  # Q(S, (., A^-0)) does not see a_0
+    assert not torch.equal(base[0, 1], own[0, 1])  # agent 1 sees it among A^-1
+    gone = learner.critic(state, torch.tensor([[1, 2, -1]]))  # agent 2 inactive
+    assert not torch.equal(base[0, 0], gone[0, 0])
+
+
+def test_same_seed_same_csv_and_resume_evaluates_identically(tmp_path: Path) -> None:
+    sc = scenario_with(2)
+    config = make_config("ucb-coma", {"batch_size": "16"})
+    a, b = tmp_path / "a", tmp_path / "b"
+    train("ucb-coma", sc, 12, 7, a, config, progress=False)
+    train("ucb-coma", sc, 12, 7, b, config, progress=False)
+    assert (a / "episodes.csv").read_bytes() == (b / "episodes.csv").read_bytes()
+    for name in ("checkpoint.pt", "reward_curve.png", "config.json"):
+        assert (a / name).is_file()
+    first = evaluate_run(a, 4, time_limit_s=5, progress=False)
+    assert evaluate_run(a, 4, time_limit_s=5, progress=False) == first
+    assert evaluate_run(b, 4, time_limit_s=5, progress=False) == first
+    _, loaded, _ = load_run(a)
+    _, twin, _ = load_run(b)
+    assert loaded.steps == twin.steps > 0
+    assert np.array_equal(loaded.counts, twin.counts)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(loaded.actors.parameters(), twin.actors.parameters(), strict=True)
+    )
+
+
+def greedy_objectives(env: OffloadEnv, learner: object, episodes: int) -> np.ndarray:
+    """Objective of the greedy policy (over valid actions) on held-out instances."""
+    out = []
+    for e in range(episodes):
+        seed = episode_seed(0, EVAL, e)
+        inst = sample_instance(env.scenario, np.random.default_rng(seed))
+        out.append(run_episode(env, learner, seed, False, inst, masked=True)["objective"])
+    return np.array(out)
+
+
+def assert_clearly_better(better: np.ndarray, worse: np.ndarray, margin: float) -> None:
+    """Paired check: mean gain above ``margin`` of the worse mean and above 2 standard errors."""
+    gain = worse - better
+    assert gain.mean() > margin * worse.mean()
+    assert gain.mean() > 2 * gain.std(ddof=1) / math.sqrt(len(gain))
+
+
+@pytest.mark.parametrize("algo", ["ucb-coma", "coma"])
+def test_learning_is_real(algo: str, tmp_path: Path) -> None:
+    """After 200 episodes on a 2-task paper scenario the greedy policy beats its untrained
+    self and the valid-random scheduler by at least 15% on 20 held-out instances."""
+    sc = scenario_with(2)
+    config = make_config(algo, {})
+    train(algo, sc, 200, 0, tmp_path, config, progress=False)
+    _, trained, env = load_run(tmp_path)
+    untrained = new_learner(algo, config, env, seed=0)
+    after = greedy_objectives(env, trained, 20)
+    before = greedy_objectives(env, untrained, 20)
+    rand = []
+    for e in range(20):
+        inst = sample_instance(sc, np.random.default_rng(episode_seed(0, EVAL, e)))
+        rand.append(evaluate(inst, random_valid(inst, np.random.default_rng(e))).objective)
+    assert_clearly_better(after, before, margin=0.15)
+    assert_clearly_better(after, np.array(rand), margin=0.15)
+
+
+def test_cli_train_evaluate_and_schedule_with_a_run(tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "run"
+    sc_file = tmp_path / "two.yaml"
+    sc_file.write_text(scenario_with(2).model_dump_json())  # JSON is valid YAML
+    args = ["--algo", "coma", "--scenario", sc_file, "--episodes", 6, "--seed", 1, "--out", run]
+    result = runner.invoke(app, ["train", *map(str, args), "--set", "batch_size=8"])
+    assert result.exit_code == 0, result.output
+    assert "trained coma for 6 episodes" in result.output
+    lines = (run / "episodes.csv").read_text().splitlines()
+    assert lines[0].startswith("episode,reward,steps,undone") and len(lines) == 7
+    result = runner.invoke(app, ["evaluate", str(run), "--episodes", "3", "--time-limit", "5"])
+    assert result.exit_code == 0, result.output
+    assert "ratio to Optimal" in result.output
+    inst = tmp_path / "inst.json"
+    assert (
+        runner.invoke(app, ["instance", "--scenario", str(sc_file), "--out", str(inst)]).exit_code
+        == 0
+    )
+    result = runner.invoke(app, ["schedule", str(inst), "--policy", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "--out", "X", "--set", "nonsense=1"], "no such setting"),
+        (["train", "--out", "X", "--set", "lr=fast"], "not a float"),
+        (["train", "--out", "X", "--algo", "dqn"], "unknown algorithm"),
+        (["evaluate", "missing-run"], "no trained run"),
+    ],
+)
+def test_cli_learning_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
+    args = [str(tmp_path / a) if a in ("X", "missing-run") else a for a in args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert fragment in result.output
+    assert not (tmp_path / "X").exists()
