@@ -162,7 +162,7 @@ def test_schedule_heft_json_matches_the_library(instance_file: Path) -> None:
     assert "bound" not in data
 
 
-@pytest.mark.parametrize("policy", ["random", "all-cloud", "greedy", "heft"])
+@pytest.mark.parametrize("policy", ["random-valid", "all-cloud", "greedy", "heft"])
 def test_schedule_table_lists_every_run_and_the_total(instance_file: Path, policy: str) -> None:
     result = cli("schedule", instance_file, "--policy", policy)
     assert_ok(result)
@@ -341,7 +341,7 @@ def test_unknown_policy(instance_file: Path, tmp_path: Path) -> None:
     gantt = tmp_path / "g.png"
     result = cli("schedule", instance_file, "--policy", "best", "--gantt", gantt)
     assert_one_line_error(result, "unknown policy 'best'")
-    for name in ("random", "all-cloud", "greedy", "heft", "optimal"):
+    for name in ("random-valid", "all-cloud", "greedy", "heft", "optimal"):
         assert name in result.stderr
     assert not gantt.exists()
 

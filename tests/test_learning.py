@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import assert_clearly_better, greedy_objectives, scenario_with
 from typer.testing import CliRunner
 
 from llmoffload.cli import app
@@ -16,7 +17,6 @@ from llmoffload.env import OffloadEnv
 from llmoffload.execution import evaluate
 from llmoffload.heuristics import random_valid
 from llmoffload.instance import sample_instance
-from llmoffload.scenario import Scenario, load_scenario
 from llmoffload.training import (
     EVAL,
     episode_seed,
@@ -24,14 +24,8 @@ from llmoffload.training import (
     load_run,
     make_config,
     new_learner,
-    run_episode,
     train,
 )
-
-
-def scenario_with(tasks: int) -> Scenario:
-    sc = load_scenario("paper")
-    return sc.model_copy(update={"workload": sc.workload.model_copy(update={"tasks": tasks})})
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,8 @@ def test_ucb_picks_the_highest_score_computed_by_hand(env: OffloadEnv) -> None:
             for a in range(env.layout.actions)
         ]
         expected.append(int(np.argmax(score)))
-    chosen = learner.act(per_agent, np.array([True, True]), explore=True)
+    idle = np.ones((2, env.layout.actions), np.int8)
+    chosen = learner.act(per_agent, np.array([True, True]), idle, explore=True)
     assert list(chosen) == expected
     for i in range(2):  # the tried pair's count went up by one, nothing else moved
         diff = learner.counts[i] - counts[i]
@@ -69,7 +64,7 @@ def test_greedy_respects_the_mask_and_skips_inactive_agents(env: OffloadEnv) -> 
     obs, _ = env.reset(seed=4)
     per_agent = env.state().reshape(2, -1)
     masks = np.stack([obs[a]["action_mask"] for a in env.possible_agents])
-    chosen = learner.act(per_agent, np.array([True, False]), explore=False, masks=masks)
+    chosen = learner.act(per_agent, np.array([True, False]), masks, explore=False)
     assert chosen[1] == -1
     assert masks[0, chosen[0]] == 1
     with torch.no_grad():
@@ -122,23 +117,6 @@ def test_same_seed_same_csv_and_resume_evaluates_identically(tmp_path: Path) -> 
         torch.equal(p, q)
         for p, q in zip(loaded.actors.parameters(), twin.actors.parameters(), strict=True)
     )
-
-
-def greedy_objectives(env: OffloadEnv, learner: object, episodes: int) -> np.ndarray:
-    """Objective of the greedy policy (over valid actions) on held-out instances."""
-    out = []
-    for e in range(episodes):
-        seed = episode_seed(0, EVAL, e)
-        inst = sample_instance(env.scenario, np.random.default_rng(seed))
-        out.append(run_episode(env, learner, seed, False, inst, masked=True)["objective"])
-    return np.array(out)
-
-
-def assert_clearly_better(better: np.ndarray, worse: np.ndarray, margin: float) -> None:
-    """Paired check: mean gain above ``margin`` of the worse mean and above 2 standard errors."""
-    gain = worse - better
-    assert gain.mean() > margin * worse.mean()
-    assert gain.mean() > 2 * gain.std(ddof=1) / math.sqrt(len(gain))
 
 
 @pytest.mark.parametrize("algo", ["ucb-coma", "coma"])

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from llmoffload.env import Layout
-from llmoffload.nets import Actor, Critic
+from llmoffload.learner import Transition
+from llmoffload.nets import Actor, Critic, masked_log_softmax
 from llmoffload.replay import ReplayBuffer
 
 
@@ -47,6 +48,9 @@ class ComaConfig:
     eps_end: float = 0.0  # ... to this at the end of training
     grad_clip: float = 10.0  # choice: EPyMARL's default
     entropy: float = 0.01  # choice: entropy bonus keeps pi from collapsing early
+    mask: bool = (
+        False  # choice: True restricts pi to valid actions; the paper learns from penalties
+    )
 
 
 class Coma:
@@ -75,6 +79,8 @@ class Coma:
                 "next_state": ((state_size,), np.float32),
                 "next_active": ((agents,), np.float32),
                 "terminal": ((), np.float32),
+                "masks": ((agents, actions), np.int8),
+                "next_masks": ((agents, actions), np.int8),
             },
             rng,
         )
@@ -84,25 +90,29 @@ class Coma:
 
     # -- acting ----------------------------------------------------------------
 
-    def log_pi(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs (..., I, O) -> every agent's joint log-probabilities (..., I, A)."""
-        return torch.stack([actor(obs[..., i, :]) for i, actor in enumerate(self.actors)], -2)
+    def log_pi(self, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """obs (..., I, O) -> every agent's joint log-probabilities (..., I, A).
+
+        With ``config.mask`` the distribution is renormalised over the valid
+        actions (EPyMARL's masking); without it the masks are not used.
+        """
+        logp = torch.stack([actor(obs[..., i, :]) for i, actor in enumerate(self.actors)], -2)
+        return masked_log_softmax(logp, masks) if self.config.mask else logp
 
     def act(
         self,
         obs: np.ndarray,
         active: np.ndarray,
+        masks: np.ndarray,
         explore: bool,
-        masks: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One action per agent (-1 for inactive ones): UCB or sampled when exploring,
-        greedy (over ``masks`` if given) when not."""
+        """One action per agent (-1 for inactive ones): UCB or sampled from pi when
+        exploring, without masks (the paper's agents learn from penalties); greedy
+        over the valid actions when not."""
         with torch.no_grad():
-            logp = self.log_pi(torch.as_tensor(obs)).numpy()
+            logp = self.log_pi(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
         if not explore:
-            if masks is not None:
-                logp = np.where(masks > 0, logp, -np.inf)
-            choice = logp.argmax(-1)
+            choice = np.where(masks > 0, logp, -np.inf).argmax(-1)
         elif self.config.ucb:
             c = self.config
             eps = c.eps_start + (c.eps_end - c.eps_start) * self.progress
@@ -124,9 +134,19 @@ class Coma:
 
     # -- learning --------------------------------------------------------------
 
-    def observe(self, **transition: np.ndarray | float | bool) -> None:
-        """Store (S, A, R, S') and update every ``update_every`` steps."""
-        self.buffer.add(**transition)
+    def observe(self, t: Transition) -> None:
+        """Store (S, A, R, S') with R the team reward; update every ``update_every`` steps."""
+        self.buffer.add(
+            state=t.state,
+            actions=t.actions,
+            active=t.active,
+            reward=t.rewards.sum(),
+            next_state=t.next_state,
+            next_active=t.next_active,
+            terminal=t.terminal,
+            masks=t.masks,
+            next_masks=t.next_masks,
+        )
         self.steps += 1
         if (
             self.steps % self.config.update_every == 0
@@ -144,7 +164,7 @@ class Coma:
 
         # Critic: TD error on Q(S, A), target Q'(S', A') with A' ~ pi(. | S').
         with torch.no_grad():
-            next_logp = self.log_pi(b["next_state"].view(-1, n, size))
+            next_logp = self.log_pi(b["next_state"].view(-1, n, size), b["next_masks"])
             next_actions = torch.where(b["next_active"] > 0, self.sample(next_logp), -1)
             q_next = self.target(b["next_state"], next_actions)
             q_next = q_next.gather(-1, next_actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -160,7 +180,7 @@ class Coma:
         self.critic_opt.step()
 
         # Actors: counterfactual advantage Q(S, A) - sum_a' pi(a') Q(S, (a', A^-i)).
-        logp = self.log_pi(obs)
+        logp = self.log_pi(obs, b["masks"])
         with torch.no_grad():
             q = self.critic(b["state"], b["actions"])
             baseline = (logp.exp() * q).sum(-1)

@@ -19,6 +19,14 @@ def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     )
 
 
+def masked_log_softmax(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities renormalised over the valid actions (EPyMARL sets the others
+    to -1e10); a row with no valid action (an inactive agent) is left unmasked."""
+    valid = masks > 0
+    valid = valid | ~valid.any(-1, keepdim=True)
+    return torch.log_softmax(logits.masked_fill(~valid, -1e10), -1)
+
+
 class Actor(nn.Module):
     """pi(j, k | s_i) = pi_sub(j | s_i) * pi_loc(k | s_i) from s_i = (P_i, S, Task_i).
 

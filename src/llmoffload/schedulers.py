@@ -14,7 +14,7 @@ from llmoffload.optimal import optimal
 Scheduler = Callable[[Instance, np.random.Generator], list[Dispatch]]
 
 SCHEDULERS: dict[str, Scheduler] = {
-    "random": random_valid,
+    "random-valid": random_valid,
     "all-cloud": all_cloud,
     "greedy": greedy,
     "heft": heft,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -21,24 +20,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmoffload.coma import Coma, ComaConfig
 from llmoffload.env import OffloadEnv
 from llmoffload.errors import OffloadError
 from llmoffload.execution import Schedule, evaluate
 from llmoffload.files import replacing, write_text_atomic
 from llmoffload.heuristics import heft
 from llmoffload.instance import Instance, sample_instance
+from llmoffload.learner import Learner, Transition
+from llmoffload.methods import LEARNERS
 from llmoffload.optimal import solve
 from llmoffload.scenario import Scenario, parse_scenario
 
 TRAIN, EVAL = 0, 1
-
-# name -> (config class, learner factory)
-ALGOS: dict[str, tuple[type, Callable[..., Any]]] = {
-    "ucb-coma": (ComaConfig, lambda layout, n, cfg, rng: Coma(layout, n, cfg, rng)),
-    "coma": (ComaConfig, lambda layout, n, cfg, rng: Coma(layout, n, cfg, rng)),
-}
-DEFAULTS: dict[str, dict[str, Any]] = {"ucb-coma": {"ucb": True}, "coma": {"ucb": False}}
 
 
 def episode_seed(seed: int, stream: int, episode: int) -> int:
@@ -48,11 +41,11 @@ def episode_seed(seed: int, stream: int, episode: int) -> int:
 
 def make_config(algo: str, overrides: dict[str, str]) -> Any:
     """The algorithm's config: its defaults, then ``--set key=value`` overrides."""
-    if algo not in ALGOS:
-        raise OffloadError(f"unknown algorithm '{algo}' (choose from {', '.join(ALGOS)})")
-    cls = ALGOS[algo][0]
+    if algo not in LEARNERS:
+        raise OffloadError(f"unknown algorithm '{algo}' (choose from {', '.join(LEARNERS)})")
+    cls = LEARNERS[algo].config
     types = {f.name: f.type for f in fields(cls)}
-    values: dict[str, Any] = dict(DEFAULTS.get(algo, {}))
+    values: dict[str, Any] = dict(LEARNERS[algo].defaults)
     for key, text in overrides.items():
         if key not in types:
             raise OffloadError(f"--set {key}: {algo} has no such setting ({', '.join(types)})")
@@ -66,37 +59,44 @@ def make_config(algo: str, overrides: dict[str, str]) -> Any:
 
 def run_episode(
     env: OffloadEnv,
-    learner: Any,
+    learner: Learner,
     seed: int,
     explore: bool,
     instance: Instance | None = None,
-    masked: bool = False,
 ) -> dict[str, float]:
-    """Play one episode; an exploring learner also stores and learns from it."""
+    """Play one episode; an exploring learner also learns from it."""
     obs, _ = env.reset(seed=seed, options={"instance": instance} if instance else None)
     agents = env.possible_agents
+    idle = np.zeros(env.layout.actions, np.int8)
+    active = np.ones(len(agents), bool)
+    state = env.state()
+    masks = np.stack([obs[a]["action_mask"] for a in agents])
     while env.agents:
-        active = np.array([a in env.agents for a in agents])
-        state = env.state()
-        per_agent = state.reshape(len(agents), -1)
-        idle = np.zeros(env.layout.actions, np.int8)
-        masks = np.stack([obs[a]["action_mask"] if a in env.agents else idle for a in agents])
-        actions = learner.act(per_agent, active, explore, masks if masked else None)
+        actions = learner.act(state.reshape(len(agents), -1), active, masks, explore)
         obs, rewards, *_ = env.step({a: int(actions[i]) for i, a in enumerate(agents) if active[i]})
+        next_active = np.array([a in env.agents for a in agents])
+        next_state = env.state()
+        next_masks = np.stack([obs[a]["action_mask"] if a in env.agents else idle for a in agents])
         if explore:
+            reward = np.array([rewards.get(a, 0.0) for a in agents])
             learner.observe(
-                state=state,
-                actions=actions,
-                active=active,
-                reward=sum(rewards.values()),
-                next_state=env.state(),
-                next_active=np.array([a in env.agents for a in agents]),
-                terminal=not env.agents,
+                Transition(
+                    state=state,
+                    actions=actions,
+                    active=active,
+                    masks=masks,
+                    rewards=reward,
+                    next_state=next_state,
+                    next_active=next_active,
+                    next_masks=next_masks,
+                    terminal=not env.agents,
+                )
             )
+        state, active, masks = next_state, next_active, next_masks
     return env.summary()
 
 
-def new_learner(algo: str, config: Any, env: OffloadEnv, seed: int) -> Any:
+def new_learner(algo: str, config: Any, env: OffloadEnv, seed: int) -> Learner:
     """A fresh learner whose every draw flows from ``seed``.
 
     The networks are tiny, so one CPU thread is fastest: more threads only
@@ -105,7 +105,7 @@ def new_learner(algo: str, config: Any, env: OffloadEnv, seed: int) -> Any:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    return ALGOS[algo][1](env.layout, len(env.possible_agents), config, rng)
+    return LEARNERS[algo].build(env.layout, len(env.possible_agents), config, rng)
 
 
 def train(
@@ -177,7 +177,7 @@ def load_run(run: Path) -> tuple[dict[str, Any], Any, OffloadEnv]:
     scenario = parse_scenario(ckpt["scenario"], str(path))
     env = OffloadEnv(scenario, failure_prob=ckpt["failure_prob"])
     algo = ckpt["algo"]
-    config = ALGOS[algo][0](**ckpt["config"])
+    config = LEARNERS[algo].config(**ckpt["config"])
     learner = new_learner(algo, config, env, ckpt["seed"])
     learner.load_state_dict(ckpt["learner"])
     return ckpt, learner, env
@@ -191,7 +191,7 @@ def policy_schedule(run: Path, instance: Instance) -> Schedule:
             f"the run was trained for {len(env.possible_agents)} tasks, "
             f"the instance has {len(instance.tasks)}"
         )
-    run_episode(env, learner, 0, False, instance, masked=True)
+    run_episode(env, learner, 0, False, instance)
     return env.ex.schedule()
 
 
@@ -204,7 +204,7 @@ def evaluate_run(
     for e in tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress):
         seed = episode_seed(ckpt["seed"], EVAL, e)
         inst = sample_instance(env.scenario, np.random.default_rng(seed))
-        row = {"episode": e, **run_episode(env, learner, seed, False, inst, masked=True)}
+        row = {"episode": e, **run_episode(env, learner, seed, False, inst)}
         row["heft"] = evaluate(inst, heft(inst, np.random.default_rng(seed))).objective
         row["optimal"] = solve(inst, time_limit_s=time_limit_s).schedule.objective
         rows.append(row)

@@ -1,0 +1,50 @@
+"""What every learner offers the trainer, and the step it learns from.
+
+A learner (UCB-COMA, COMA, and the paper's other baselines) is built from
+``(layout, agents, config, rng)`` and offers:
+
+- ``act(obs, active, masks, explore) -> actions``: one action per agent
+  (-1 for inactive ones). ``obs`` is (I, O), ``masks`` (I, A) the env's
+  action masks; an exploring learner may ignore them (the paper's agents
+  learn from penalties), while ``explore=False`` acts greedily over valid
+  actions and learns nothing.
+- ``observe(transition)``: one environment step, to learn from.
+- ``state_dict()`` / ``load_state_dict(state)``: checkpoints.
+- ``progress``: the fraction of training done, set by the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One environment step as every learner sees it."""
+
+    state: np.ndarray  # (I * O,) global state: every agent's observation
+    actions: np.ndarray  # (I,) int, -1 for inactive agents
+    active: np.ndarray  # (I,) bool: agents that acted
+    masks: np.ndarray  # (I, A) int8: the actions that were valid
+    rewards: np.ndarray  # (I,) each agent's reward (the team reward is their sum)
+    next_state: np.ndarray
+    next_active: np.ndarray
+    next_masks: np.ndarray  # (I, A) valid actions at the next state
+    terminal: bool
+
+
+class Learner(Protocol):
+    progress: float
+
+    def act(
+        self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
+    ) -> np.ndarray: ...
+
+    def observe(self, transition: Transition) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
