@@ -213,24 +213,31 @@ class OffloadEnv(ParallelEnv):
 
     # -- observations ----------------------------------------------------------
 
-    def _graph(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Static node features, adjacency and uplink rates of task i (padded to J)."""
+    def _graph(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Task i's static parts, padded to J: node features, adjacency, uplink rates,
+        and which servers serve each subtask."""
         n, sc = self.layout, self.scenario
         task = self.instance.tasks[i]
         nodes = np.zeros((n.subtasks, n.node_features), np.float32)
         adj = np.zeros((n.subtasks, n.subtasks), np.float32)
+        serves = np.zeros((n.subtasks, n.servers), bool)
         for j, sub in enumerate(task.subtasks):
             nodes[j, 0] = 1.0
             nodes[j, 1 + sc.modalities.index(sub.modality)] = 1.0
             nodes[j, -4:-1] = sub.input_bits / 1e6, sub.output_bits / 1e4, sub.cycles / 1e9
             adj[sub.preds, j] = 1.0
+            serves[j] = [sub.modality in srv.modalities for srv in sc.servers]
         up, _ = link_rates(sc, task.distances_m)
-        return nodes, adj, np.array(up, np.float32) / 1e8
+        return nodes, adj, np.array(up, np.float32) / 1e8, serves
 
     def observe(self, agent: str) -> dict[str, np.ndarray]:
         i = self.possible_agents.index(agent)
+        return {"observation": self.vector(i), "action_mask": self.action_mask(i)}
+
+    def vector(self, i: int) -> np.ndarray:
+        """Agent i's flat observation: P_i, server features, node features, adjacency."""
         ex, n = self.ex, self.layout
-        nodes, adj, uplink = self._graphs[i]
+        nodes, adj, uplink, _ = self._graphs[i]
         dispatched = np.zeros(n.subtasks, np.float32)
         dispatched[: len(ex.placed[i])] = [s >= 0 for s in ex.placed[i]]
         nodes = nodes.copy()
@@ -238,23 +245,25 @@ class OffloadEnv(ParallelEnv):
         queue = np.array(ex.free, np.float32)
         servers = np.column_stack([self._static_servers, uplink, queue, 1.0 - self.down])
         obs = np.concatenate([dispatched, servers.ravel(), nodes.ravel(), adj.ravel()])
-        return {"observation": obs.astype(np.float32), "action_mask": self.action_mask(i)}
+        return obs.astype(np.float32)
 
     def action_mask(self, i: int) -> np.ndarray:
-        """1 where (subtask j, server k) would be executed now."""
-        n, ex = self.layout, self.ex
-        mask = np.zeros((n.subtasks, n.servers), np.int8)
-        for j in range(len(ex.placed[i])):
-            for k in range(n.servers):
-                mask[j, k] = ex.violation(i, j, k) is None and not self.down[k]
-        return mask.ravel()
+        """1 where (subtask j, server k) would be executed now: j is pending with all its
+        predecessors dispatched, k serves its modality and is up."""
+        placed, preds = self.ex.placed[i], self.ex.tables.preds[i]
+        ready = np.zeros(self.layout.subtasks, bool)
+        ready[: len(placed)] = [
+            s < 0 and all(placed[p] >= 0 for p in pj) for s, pj in zip(placed, preds, strict=True)
+        ]
+        serves = self._graphs[i][3]
+        return (ready[:, None] & serves & ~self.down).astype(np.int8).ravel()
 
     def _observations(self) -> dict[str, dict[str, np.ndarray]]:
         return {a: self.observe(a) for a in self.agents}
 
     def state(self) -> np.ndarray:
         """Global state for centralised critics: every agent's observation, concatenated."""
-        return np.concatenate([self.observe(a)["observation"] for a in self.possible_agents])
+        return np.concatenate([self.vector(i) for i in range(len(self.possible_agents))])
 
     # -- results ---------------------------------------------------------------
 

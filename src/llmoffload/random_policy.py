@@ -1,0 +1,55 @@
+"""The paper's Random baseline (§5.2, SPEC §5) as a Learner: uniform over ALL actions.
+
+Each active agent draws its (subtask, server) uniformly from all J x S
+actions, invalid ones included, so it pays the env's penalties as the
+paper's Random does ("fully random subtask order and placement, using no
+feature of the environment or task"). It is distinct from the classic
+scheduler ``random-valid`` (``heuristics.random_valid``), which draws only
+among valid dispatches.
+
+Random has no greedy mode: with ``explore=False`` (evaluation) it draws the
+same way, so an evaluation episode can hit the env's step limit with
+subtasks undone, and its objective, latency and cost are then NaN. It
+learns nothing; ``observe`` is a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmoffload.env import Layout
+from llmoffload.learner import Transition
+
+
+@dataclass
+class RandomConfig:
+    """Random has no settings."""
+
+
+class RandomPolicy:
+    """Uniform over all actions, training and evaluation alike."""
+
+    def __init__(
+        self, layout: Layout, agents: int, config: RandomConfig, rng: np.random.Generator
+    ) -> None:
+        self.actions, self.config = layout.actions, config
+        self.rng = rng.spawn(1)[0]  # its own stream, derived from the run's generator
+        self.progress = 0.0  # unused: Random has no schedule, but the trainer sets it
+
+    def act(
+        self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
+    ) -> np.ndarray:
+        """One uniform draw per agent over all actions, masks ignored; -1 for inactive ones."""
+        return np.where(active, self.rng.integers(self.actions, size=len(active)), -1)
+
+    def observe(self, transition: Transition) -> None:
+        """Random learns nothing."""
+
+    def state_dict(self) -> dict:
+        """The generator's state, so a restored Random draws on where training stopped."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
