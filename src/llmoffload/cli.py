@@ -425,7 +425,9 @@ def evaluate_cmd(
 
     load_run(run)  # a clear error before any work if the run is missing
     rows = evaluate_run(run, episodes, time_limit)
-    typer.echo(f"{run}: {episodes} held-out episodes (greedy over valid actions)")
+    typer.echo(
+        f"{run}: {episodes} held-out episodes in evaluation mode (no exploration, no learning)"
+    )
     typer.echo(table(["metric", "mean", "sd"], evaluation_table(rows)))
 
 

@@ -13,7 +13,10 @@ Algorithm 1, as this file follows it:
   8-11 every 32 steps: sample B transitions, update the critic on the TD
        error (R + psi Q'(S', A') - Q(S, A))^2 with A' drawn from the current
        actors at S', then each actor on grad log pi(a_i | s_i) (Q(S, A) - B_i),
-       B_i = sum_a' pi(a' | s_i) Q(S, (a', A^-i))
+       B_i = sum_a' pi(a' | s_i) Q(S, (a', A^-i)), taken in expectation over
+       a_i ~ pi: sum_a grad pi(a | s_i) (Q(S, (a, A^-i)) - B_i). The critic gives
+       every own action's value in one pass, so the expectation is exact; it is
+       also the unbiased form when a_i came from UCB rather than from pi.
   12-13 copy the critic into the target every 10 updates
 """
 
@@ -183,11 +186,11 @@ class Coma:
         logp = self.log_pi(obs, b["masks"])
         with torch.no_grad():
             q = self.critic(b["state"], b["actions"])
-            baseline = (logp.exp() * q).sum(-1)
-            advantage = q.gather(-1, taken).squeeze(-1) - baseline
-        chosen = logp.gather(-1, taken).squeeze(-1)
-        entropy = -(logp.exp() * logp).sum(-1)
-        actor_loss = -((chosen * advantage + c.entropy * entropy) * active).sum() / active.sum()
+            advantage = q - (logp.exp() * q).sum(-1, keepdim=True)
+        pi = logp.exp()
+        entropy = -(pi * logp).sum(-1)
+        expected = (pi * advantage).sum(-1)
+        actor_loss = -((expected + c.entropy * entropy) * active).sum() / active.sum()
         self.actor_opt.zero_grad()
         actor_loss.backward()
         nn.utils.clip_grad_norm_(self.actors.parameters(), c.grad_clip)

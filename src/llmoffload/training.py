@@ -48,7 +48,8 @@ def make_config(algo: str, overrides: dict[str, str]) -> Any:
     values: dict[str, Any] = dict(LEARNERS[algo].defaults)
     for key, text in overrides.items():
         if key not in types:
-            raise OffloadError(f"--set {key}: {algo} has no such setting ({', '.join(types)})")
+            known = ", ".join(types) or "it has none"
+            raise OffloadError(f"--set {key}: {algo} has no such setting ({known})")
         kind = {"bool": bool, "int": int, "float": float}[str(types[key])]
         try:
             values[key] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
@@ -191,7 +192,11 @@ def policy_schedule(run: Path, instance: Instance) -> Schedule:
             f"the run was trained for {len(env.possible_agents)} tasks, "
             f"the instance has {len(instance.tasks)}"
         )
-    run_episode(env, learner, 0, False, instance)
+    summary = run_episode(env, learner, 0, False, instance)
+    if summary["undone"]:
+        raise OffloadError(
+            f"the policy left {summary['undone']} subtasks undone after {env.max_steps} steps"
+        )
     return env.ex.schedule()
 
 
