@@ -1,6 +1,6 @@
 """Benchmark the environment and the learners on the paper scenario.
 
-    python benchmarks/bench_learning.py [--algos ucb-coma coma] [--seeds 0 1 2]
+    python benchmarks/bench_learning.py [--algos ucb-coma coma ...] [--seeds 0 1 2]
         [--episodes 700] [--eval-episodes 50] [--out runs/bench]
 
 Prints env steps per second, the decision latency of one joint action, and,
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from llmoffload.env import OffloadEnv
+from llmoffload.methods import LEARNERS
 from llmoffload.scenario import load_scenario
 from llmoffload.training import evaluate_run, make_config, new_learner, train
 
@@ -58,7 +59,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=["ucb-coma", "coma"])
+    parser.add_argument("--algos", nargs="+", default=list(LEARNERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=700)
     parser.add_argument("--eval-episodes", type=int, default=50)

@@ -376,7 +376,9 @@ def schedule_cmd(
 @app.command("train")
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
-    algo: Annotated[str, typer.Option(help="Learning method: ucb-coma or coma.")] = "ucb-coma",
+    algo: Annotated[
+        str, typer.Option(help="ucb-coma, coma, mappo, maddpg, cs-ucb or random (the paper's).")
+    ] = "ucb-coma",
     scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
     episodes: Annotated[int, typer.Option(min=1, help="Training episodes (paper: 700).")] = 700,
     seed: Annotated[int, typer.Option(help="Seed every random draw flows from.")] = 0,

@@ -30,7 +30,7 @@ from torch import nn
 
 from llmoffload.env import Layout
 from llmoffload.learner import Transition
-from llmoffload.nets import Actor, Critic, masked_log_softmax
+from llmoffload.nets import Actors, Critic, best_valid, sample
 from llmoffload.replay import ReplayBuffer
 
 
@@ -65,7 +65,7 @@ class Coma:
         self.layout, self.agents, self.config, self.rng = layout, agents, config, rng
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         actions, state_size = layout.actions, agents * layout.size
-        self.actors = nn.ModuleList(Actor(layout, config.hidden) for _ in range(agents))
+        self.actors = Actors(layout, agents, config.hidden)
         self.critic = Critic(layout, agents, config.hidden)
         self.target = Critic(layout, agents, config.hidden)
         self.target.load_state_dict(self.critic.state_dict())
@@ -94,13 +94,8 @@ class Coma:
     # -- acting ----------------------------------------------------------------
 
     def log_pi(self, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """obs (..., I, O) -> every agent's joint log-probabilities (..., I, A).
-
-        With ``config.mask`` the distribution is renormalised over the valid
-        actions (EPyMARL's masking); without it the masks are not used.
-        """
-        logp = torch.stack([actor(obs[..., i, :]) for i, actor in enumerate(self.actors)], -2)
-        return masked_log_softmax(logp, masks) if self.config.mask else logp
+        """Joint log-probabilities (..., I, A); masked only with ``config.mask``."""
+        return self.actors.log_pi(obs, masks if self.config.mask else None)
 
     def act(
         self,
@@ -113,27 +108,22 @@ class Coma:
         exploring, without masks (the paper's agents learn from penalties); greedy
         over the valid actions when not."""
         with torch.no_grad():
-            logp = self.log_pi(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
+            logp = self.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
         if not explore:
-            choice = np.where(masks > 0, logp, -np.inf).argmax(-1)
+            choice = best_valid(logp, torch.as_tensor(masks)).numpy()
         elif self.config.ucb:
             c = self.config
             eps = c.eps_start + (c.eps_end - c.eps_start) * self.progress
             tries = self.counts.sum(-1, keepdims=True)
             bonus = eps * np.sqrt(2.0 * np.log(np.maximum(tries, 1.0)) / (self.counts + 1.0))
-            choice = (logp + bonus).argmax(-1)
+            choice = (logp.numpy() + bonus).argmax(-1)
         else:
-            choice = self.sample(torch.as_tensor(logp)).numpy()
+            choice = sample(logp, self.generator).numpy()
         choice = np.where(active, choice, -1)
         if explore:
             rows = np.flatnonzero(active)
             self.counts[rows, choice[rows]] += 1
         return choice
-
-    def sample(self, logp: torch.Tensor) -> torch.Tensor:
-        return torch.multinomial(
-            logp.exp().reshape(-1, logp.shape[-1]), 1, generator=self.generator
-        ).reshape(logp.shape[:-1])
 
     # -- learning --------------------------------------------------------------
 
@@ -168,7 +158,7 @@ class Coma:
         # Critic: TD error on Q(S, A), target Q'(S', A') with A' ~ pi(. | S').
         with torch.no_grad():
             next_logp = self.log_pi(b["next_state"].view(-1, n, size), b["next_masks"])
-            next_actions = torch.where(b["next_active"] > 0, self.sample(next_logp), -1)
+            next_actions = torch.where(b["next_active"] > 0, sample(next_logp, self.generator), -1)
             q_next = self.target(b["next_state"], next_actions)
             q_next = q_next.gather(-1, next_actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             live = b["next_active"]

@@ -13,8 +13,12 @@ from typing import Any
 import numpy as np
 
 from llmoffload.coma import Coma, ComaConfig
+from llmoffload.cs_ucb import CsUcb, CsUcbConfig
 from llmoffload.env import Layout
 from llmoffload.learner import Learner
+from llmoffload.maddpg import Maddpg, MaddpgConfig
+from llmoffload.mappo import Mappo, MappoConfig
+from llmoffload.random_policy import RandomConfig, RandomPolicy
 
 
 @dataclass(frozen=True)
@@ -29,4 +33,8 @@ class Learned:
 LEARNERS: dict[str, Learned] = {
     "ucb-coma": Learned(ComaConfig, Coma, {"ucb": True}),
     "coma": Learned(ComaConfig, Coma, {"ucb": False}),
+    "maddpg": Learned(MaddpgConfig, Maddpg),
+    "mappo": Learned(MappoConfig, Mappo),
+    "cs-ucb": Learned(CsUcbConfig, CsUcb),
+    "random": Learned(RandomConfig, RandomPolicy),
 }

@@ -54,6 +54,30 @@ class Actor(nn.Module):
         return (sub.unsqueeze(-1) + loc.unsqueeze(-2)).flatten(-2)
 
 
+class Actors(nn.ModuleList):
+    """One factored actor per agent, as the paper's "one policy network per agent"."""
+
+    def __init__(self, layout: Layout, agents: int, hidden: int = 128) -> None:
+        super().__init__(Actor(layout, hidden) for _ in range(agents))
+
+    def log_pi(self, obs: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """obs (..., I, O) -> every agent's joint log-probabilities (..., I, A),
+        renormalised over the valid actions when ``masks`` are given."""
+        logp = torch.stack([actor(obs[..., i, :]) for i, actor in enumerate(self)], -2)
+        return logp if masks is None else masked_log_softmax(logp, masks)
+
+
+def best_valid(logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Each agent's most likely valid action: how every learner acts when evaluated."""
+    return logp.masked_fill(masks == 0, -torch.inf).argmax(-1)
+
+
+def sample(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One action per row of log-probabilities (..., A), drawn from the run's generator."""
+    flat = logp.exp().reshape(-1, logp.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).reshape(logp.shape[:-1])
+
+
 class Critic(nn.Module):
     """EPyMARL's COMA critic: Q(S, (., A^-i)) for every own action in one pass.
 

@@ -2,10 +2,10 @@
 
 Each active agent draws its (subtask, server) uniformly from all J x S
 actions, invalid ones included, so it pays the env's penalties as the
-paper's Random does ("fully random subtask order and placement, using no
-feature of the environment or task"). It is distinct from the classic
-scheduler ``random-valid`` (``heuristics.random_valid``), which draws only
-among valid dispatches.
+paper's Random does (§5.2: subtask order and execution location both chosen
+at random, using no feature of the environment or the task). It is distinct
+from the classic scheduler ``random-valid`` (``heuristics.random_valid``),
+which draws only among valid dispatches.
 
 Random has no greedy mode: with ``explore=False`` (evaluation) it draws the
 same way, so an evaluation episode can hit the env's step limit with
