@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from llmoffload.env import OffloadEnv
-from llmoffload.instance import sample_instance
+from llmoffload.instance import Subtask, sample_instance
 from llmoffload.learner import Learner
 from llmoffload.scenario import Scenario, load_scenario
 from llmoffload.training import EVAL, episode_seed, run_episode
@@ -33,3 +34,27 @@ def assert_clearly_better(better: np.ndarray, worse: np.ndarray, margin: float) 
     gain = worse - better
     assert gain.mean() > margin * worse.mean()
     assert gain.mean() > 2 * gain.std(ddof=1) / math.sqrt(len(gain))
+
+
+SIGMA2_W = 10**-7.3  # -43 dBm, the paper's noise
+
+
+def approx(value: float) -> object:
+    return pytest.approx(value, rel=1e-12, abs=1e-12)
+
+
+def distance_for_snr(snr: float) -> float:
+    """d with 0.3 W * d^-3 / sigma2 == snr, i.e. d = (0.3 / (sigma2 snr))^(1/3)."""
+    return (0.3 / (SIGMA2_W * snr)) ** (1 / 3)
+
+
+def sub(name: str, modality: str, d_bits: float, r_bits: float, preds: list[int]) -> Subtask:
+    """A hand-made subtask with the paper's 1900 cycles per input bit."""
+    return Subtask(
+        name=name,
+        modality=modality,
+        input_bits=d_bits,
+        output_bits=r_bits,
+        cycles=1900 * d_bits,
+        preds=preds,
+    )

@@ -19,39 +19,19 @@ import math
 
 import numpy as np
 import pytest
+from helpers import approx, distance_for_snr, sub
 from pettingzoo.test import parallel_api_test
 
 from llmoffload.env import VIOLATIONS, OffloadEnv
 from llmoffload.execution import evaluate
-from llmoffload.instance import Instance, Subtask, Task
+from llmoffload.instance import Instance, Task
 from llmoffload.scenario import Scenario, load_scenario
 from llmoffload.validate import violations
 
 PAPER = load_scenario("paper")
 TEXT, IMAGE, AUDIO, CLOUD = 0, 1, 2, 3
 S = 4  # servers; action a = j * S + k
-SIGMA2_W = 10**-7.3  # -43 dBm
 V, THETA, GAMMA = 1.0, 2.0, 0.5
-
-
-def approx(value: float) -> object:
-    return pytest.approx(value, rel=1e-12, abs=1e-12)
-
-
-def distance_for_snr(snr: float) -> float:
-    """d with 0.3 W * d^-3 / sigma2 == snr."""
-    return (0.3 / (SIGMA2_W * snr)) ** (1 / 3)
-
-
-def sub(name: str, modality: str, d_bits: float, r_bits: float, preds: list[int]) -> Subtask:
-    return Subtask(
-        name=name,
-        modality=modality,
-        input_bits=d_bits,
-        output_bits=r_bits,
-        cycles=1900 * d_bits,
-        preds=preds,
-    )
 
 
 # Uplink rates of VQA's device, by hand: 6e6 log2(8), 6e6 log2(4), 6e6 log2(16), 3 Mbps.

@@ -22,36 +22,16 @@ import math
 
 import numpy as np
 import pytest
+from helpers import approx, distance_for_snr, sub
 
 from llmoffload.execution import InvalidDispatch, Run, evaluate
-from llmoffload.instance import Instance, Subtask, Task, sample_instance
+from llmoffload.instance import Instance, Task, sample_instance
 from llmoffload.network import link_rates
 from llmoffload.scenario import load_scenario
 from llmoffload.validate import violations
 
 PAPER = load_scenario("paper")
 TEXT, IMAGE, AUDIO, CLOUD = 0, 1, 2, 3
-SIGMA2_W = 10**-7.3  # -43 dBm
-
-
-def approx(value: float) -> object:
-    return pytest.approx(value, rel=1e-12, abs=1e-12)
-
-
-def distance_for_snr(snr: float) -> float:
-    """d with 0.3 W * d^-3 / sigma2 == snr, i.e. d = (0.3 / (sigma2 snr))^(1/3)."""
-    return (0.3 / (SIGMA2_W * snr)) ** (1 / 3)
-
-
-def sub(name: str, modality: str, d_bits: float, r_bits: float, preds: list[int]) -> Subtask:
-    return Subtask(
-        name=name,
-        modality=modality,
-        input_bits=d_bits,
-        output_bits=r_bits,
-        cycles=1900 * d_bits,
-        preds=preds,
-    )
 
 
 # Task 0 sits where the uplink SNR is 7 to edge-text, 3 to edge-image, 15 to edge-audio:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from llmoffload.env import Layout
-from llmoffload.learner import Transition
+from llmoffload.learner import Transition, load_parts, save_parts
 from llmoffload.nets import Actors, Critic, best_valid, sample
 from llmoffload.replay import ReplayBuffer
 
@@ -54,6 +54,10 @@ class ComaConfig:
     mask: bool = (
         False  # choice: True restricts pi to valid actions; the paper learns from penalties
     )
+
+
+# what a checkpoint holds besides the config and counters
+PARTS = ("actors", "critic", "target", "actor_opt", "critic_opt")
 
 
 class Coma:
@@ -195,21 +199,14 @@ class Coma:
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
-            "actors": self.actors.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target": self.target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
+            **save_parts(self, PARTS),
             "counts": self.counts,
             "steps": self.steps,
             "updates": self.updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.actors.load_state_dict(state["actors"])
-        self.critic.load_state_dict(state["critic"])
-        self.target.load_state_dict(state["target"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        load_parts(self, state, PARTS)
         self.counts = state["counts"]
-        self.steps, self.updates = state["steps"], state["updates"]
+        self.steps = state["steps"]
+        self.updates = state["updates"]

@@ -16,7 +16,7 @@ A learner (UCB-COMA, COMA, and the paper's other baselines) is built from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,3 +48,13 @@ class Learner(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+def save_parts(owner: Any, parts: tuple[str, ...]) -> dict[str, Any]:
+    """The state of each named module or optimiser of a learner, for its checkpoint."""
+    return {name: getattr(owner, name).state_dict() for name in parts}
+
+
+def load_parts(owner: Any, state: dict[str, Any], parts: tuple[str, ...]) -> None:
+    for name in parts:
+        getattr(owner, name).load_state_dict(state[name])

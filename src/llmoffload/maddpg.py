@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from llmoffload.env import Layout
-from llmoffload.learner import Transition
+from llmoffload.learner import Transition, load_parts, save_parts
 from llmoffload.nets import Actors, best_valid
 from llmoffload.replay import ReplayBuffer
 
@@ -106,6 +106,10 @@ class MaddpgConfig:
     hidden: int = 128  # EPyMARL maddpg.yaml hidden_dim
     grad_clip: float = 10.0  # EPyMARL default.yaml grad_norm_clip
     mask: bool = False  # choice: True restricts pi to valid actions; the paper learns from them
+
+
+# what a checkpoint holds besides the config and counters
+PARTS = ("actors", "critic", "target_actors", "target_critic", "actor_opt", "critic_opt")
 
 
 class Maddpg:
@@ -256,21 +260,12 @@ class Maddpg:
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
-            "actors": self.actors.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_actors": self.target_actors.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
+            **save_parts(self, PARTS),
             "steps": self.steps,
             "updates": self.updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.actors.load_state_dict(state["actors"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_actors.load_state_dict(state["target_actors"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.steps, self.updates = state["steps"], state["updates"]
+        load_parts(self, state, PARTS)
+        self.steps = state["steps"]
+        self.updates = state["updates"]

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from llmoffload.env import Layout
-from llmoffload.learner import Transition
+from llmoffload.learner import Transition, load_parts, save_parts
 from llmoffload.nets import Actors, best_valid, mlp, sample
 
 
@@ -172,6 +172,10 @@ def clipped_value_loss(
 def masked_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean over the active agents only (on-policy's active masks)."""
     return (x * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+# what a checkpoint holds besides the config and counters
+PARTS = ("actors", "critic", "value_norm", "actor_opt", "critic_opt")
 
 
 class Mappo:
@@ -331,19 +335,12 @@ class Mappo:
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
-            "actors": self.actors.state_dict(),
-            "critic": self.critic.state_dict(),
-            "value_norm": self.value_norm.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
+            **save_parts(self, PARTS),
             "steps": self.steps,
             "updates": self.updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.actors.load_state_dict(state["actors"])
-        self.critic.load_state_dict(state["critic"])
-        self.value_norm.load_state_dict(state["value_norm"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.steps, self.updates = state["steps"], state["updates"]
+        load_parts(self, state, PARTS)
+        self.steps = state["steps"]
+        self.updates = state["updates"]
