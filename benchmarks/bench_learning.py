@@ -53,6 +53,9 @@ def decision_ms(algo: str, repeats: int = 300) -> float:
 
 
 def spread(values: list[float]) -> str:
+    """Mean ± sd over seeds; NaN when a method leaves episodes undone (the paper's Random)."""
+    if any(np.isnan(values)):
+        return "NaN (undone)"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
 
@@ -87,8 +90,8 @@ def main() -> None:
             walls.append(time.perf_counter() - began)
             rewards.append(statistics.fmean(r["reward"] for r in rows[-50:]))
             ev = evaluate_run(run, args.eval_episodes, args.time_limit)
-            to_heft.append(float(np.nanmean([r["objective"] / r["heft"] for r in ev])))
-            to_opt.append(float(np.nanmean([r["objective"] / r["optimal"] for r in ev])))
+            to_heft.append(float(np.mean([r["objective"] / r["heft"] for r in ev])))
+            to_opt.append(float(np.mean([r["objective"] / r["optimal"] for r in ev])))
         print(
             f"| {algo} | {statistics.fmean(walls):.0f} | {spread(rewards)} "
             f"| {spread(to_heft)} | {spread(to_opt)} |"
