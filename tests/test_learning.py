@@ -166,6 +166,7 @@ def test_cli_train_evaluate_and_schedule_with_a_run(tmp_path: Path) -> None:
     [
         (["train", "--out", "X", "--set", "nonsense=1"], "no such setting"),
         (["train", "--out", "X", "--set", "lr=fast"], "not a float"),
+        (["train", "--out", "X", "--set", "mask=maybe"], "not a bool"),
         (["train", "--out", "X", "--algo", "dqn"], "unknown algorithm"),
         (["evaluate", "missing-run"], "no trained run"),
     ],

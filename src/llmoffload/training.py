@@ -50,12 +50,19 @@ def make_config(algo: str, overrides: dict[str, str]) -> Any:
         if key not in types:
             known = ", ".join(types) or "it has none"
             raise OffloadError(f"--set {key}: {algo} has no such setting ({known})")
-        kind = {"bool": bool, "int": int, "float": float}[str(types[key])]
+        kind = {"bool": parse_bool, "int": int, "float": float}[str(types[key])]
         try:
-            values[key] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+            values[key] = kind(text)
         except ValueError:
-            raise OffloadError(f"--set {key}={text}: not a {kind.__name__}") from None
+            raise OffloadError(f"--set {key}={text}: not a {types[key]}") from None
     return cls(**values)
+
+
+def parse_bool(text: str) -> bool:
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in words:
+        raise ValueError(text)
+    return words[text.lower()]
 
 
 def run_episode(
