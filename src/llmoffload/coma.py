@@ -68,29 +68,14 @@ class Coma:
     ) -> None:
         self.layout, self.agents, self.config, self.rng = layout, agents, config, rng
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        actions, state_size = layout.actions, agents * layout.size
         self.actors = Actors(layout, agents, config.hidden)
         self.critic = Critic(layout, agents, config.hidden)
         self.target = Critic(layout, agents, config.hidden)
         self.target.load_state_dict(self.critic.state_dict())
         self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        self.counts = np.zeros((agents, actions))  # n_i(j, k); N_i is a row's sum
-        self.buffer = ReplayBuffer(
-            config.buffer_size,
-            {
-                "state": ((state_size,), np.float32),
-                "actions": ((agents,), np.int64),
-                "active": ((agents,), np.float32),
-                "reward": ((), np.float32),
-                "next_state": ((state_size,), np.float32),
-                "next_active": ((agents,), np.float32),
-                "terminal": ((), np.float32),
-                "masks": ((agents, actions), np.int8),
-                "next_masks": ((agents, actions), np.int8),
-            },
-            rng,
-        )
+        self.counts = np.zeros((agents, layout.actions))  # n_i(j, k); N_i is a row's sum
+        self.buffer = ReplayBuffer(config.buffer_size, agents, layout.size, layout.actions, rng)
         self.steps = 0
         self.updates = 0
         self.progress = 0.0  # fraction of training done, for the eps schedule
@@ -133,17 +118,7 @@ class Coma:
 
     def observe(self, t: Transition) -> None:
         """Store (S, A, R, S') with R the team reward; update every ``update_every`` steps."""
-        self.buffer.add(
-            state=t.state,
-            actions=t.actions,
-            active=t.active,
-            reward=t.rewards.sum(),
-            next_state=t.next_state,
-            next_active=t.next_active,
-            terminal=t.terminal,
-            masks=t.masks,
-            next_masks=t.next_masks,
-        )
+        self.buffer.add(t)
         self.steps += 1
         if (
             self.steps % self.config.update_every == 0

@@ -128,22 +128,7 @@ class Maddpg:
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=config.lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        state_size, actions = agents * layout.size, layout.actions
-        self.buffer = ReplayBuffer(
-            config.buffer_size,
-            {
-                "state": ((state_size,), np.float32),
-                "actions": ((agents,), np.int64),
-                "active": ((agents,), np.float32),
-                "masks": ((agents, actions), np.int8),
-                "reward": ((), np.float32),
-                "next_state": ((state_size,), np.float32),
-                "next_active": ((agents,), np.float32),
-                "next_masks": ((agents, actions), np.int8),
-                "terminal": ((), np.float32),
-            },
-            rng,
-        )
+        self.buffer = ReplayBuffer(config.buffer_size, agents, layout.size, layout.actions, rng)
         self.steps = 0
         self.updates = 0
         self.progress = 0.0  # set by the trainer; MADDPG has no schedule to follow
@@ -173,17 +158,7 @@ class Maddpg:
 
     def observe(self, t: Transition) -> None:
         """Store (x, a, r, x') with r the team reward; update every ``update_every`` steps."""
-        self.buffer.add(
-            state=t.state,
-            actions=t.actions,
-            active=t.active,
-            masks=t.masks,
-            reward=t.rewards.sum(),
-            next_state=t.next_state,
-            next_active=t.next_active,
-            next_masks=t.next_masks,
-            terminal=t.terminal,
-        )
+        self.buffer.add(t)
         self.steps += 1
         c = self.config
         if self.steps % c.update_every == 0 and len(self.buffer) >= c.batch_size:
