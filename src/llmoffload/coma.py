@@ -56,8 +56,8 @@ class ComaConfig:
     )
 
 
-# what a checkpoint holds besides the config and counters
-PARTS = ("actors", "critic", "target", "actor_opt", "critic_opt")
+# what a checkpoint holds besides the config
+PARTS = ("actors", "critic", "target", "actor_opt", "critic_opt", "counts", "steps", "updates")
 
 
 class Coma:
@@ -172,16 +172,7 @@ class Coma:
     # -- checkpoints -----------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {
-            "config": asdict(self.config),
-            **save_parts(self, PARTS),
-            "counts": self.counts,
-            "steps": self.steps,
-            "updates": self.updates,
-        }
+        return {"config": asdict(self.config), **save_parts(self, PARTS)}
 
     def load_state_dict(self, state: dict) -> None:
         load_parts(self, state, PARTS)
-        self.counts = state["counts"]
-        self.steps = state["steps"]
-        self.updates = state["updates"]

@@ -51,10 +51,19 @@ class Learner(Protocol):
 
 
 def save_parts(owner: Any, parts: tuple[str, ...]) -> dict[str, Any]:
-    """The state of each named module or optimiser of a learner, for its checkpoint."""
-    return {name: getattr(owner, name).state_dict() for name in parts}
+    """A learner's checkpoint: each named module or optimiser's state, or the plain
+    value of a counter."""
+    out = {}
+    for name in parts:
+        part = getattr(owner, name)
+        out[name] = part.state_dict() if hasattr(part, "state_dict") else part
+    return out
 
 
 def load_parts(owner: Any, state: dict[str, Any], parts: tuple[str, ...]) -> None:
     for name in parts:
-        getattr(owner, name).load_state_dict(state[name])
+        part = getattr(owner, name)
+        if hasattr(part, "load_state_dict"):
+            part.load_state_dict(state[name])
+        else:
+            setattr(owner, name, state[name])

@@ -108,8 +108,17 @@ class MaddpgConfig:
     mask: bool = False  # choice: True restricts pi to valid actions; the paper learns from them
 
 
-# what a checkpoint holds besides the config and counters
-PARTS = ("actors", "critic", "target_actors", "target_critic", "actor_opt", "critic_opt")
+# what a checkpoint holds besides the config
+PARTS = (
+    "actors",
+    "critic",
+    "target_actors",
+    "target_critic",
+    "actor_opt",
+    "critic_opt",
+    "steps",
+    "updates",
+)
 
 
 class Maddpg:
@@ -233,14 +242,7 @@ class Maddpg:
     # -- checkpoints -----------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {
-            "config": asdict(self.config),
-            **save_parts(self, PARTS),
-            "steps": self.steps,
-            "updates": self.updates,
-        }
+        return {"config": asdict(self.config), **save_parts(self, PARTS)}
 
     def load_state_dict(self, state: dict) -> None:
         load_parts(self, state, PARTS)
-        self.steps = state["steps"]
-        self.updates = state["updates"]

@@ -174,8 +174,8 @@ def masked_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-# what a checkpoint holds besides the config and counters
-PARTS = ("actors", "critic", "value_norm", "actor_opt", "critic_opt")
+# what a checkpoint holds besides the config
+PARTS = ("actors", "critic", "value_norm", "actor_opt", "critic_opt", "steps", "updates")
 
 
 class Mappo:
@@ -333,14 +333,7 @@ class Mappo:
     # -- checkpoints -----------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {
-            "config": asdict(self.config),
-            **save_parts(self, PARTS),
-            "steps": self.steps,
-            "updates": self.updates,
-        }
+        return {"config": asdict(self.config), **save_parts(self, PARTS)}
 
     def load_state_dict(self, state: dict) -> None:
         load_parts(self, state, PARTS)
-        self.steps = state["steps"]
-        self.updates = state["updates"]
