@@ -1,22 +1,33 @@
-# Two commands on a fresh machine: `make run` (the demo) and `make test`.
+# Two commands on a fresh machine: `make run` (the quick reproduction) and `make test`.
 # Each installs what it needs into .venv first.
 VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO  := runs/demo
+QUICK := runs/quick
+# llama.cpp's server, for the runtime tests: compiled once per machine (minutes), then reused
+WHEELS := $(HOME)/.cache/llmoffload/wheels
+LLAMA  := llama-cpp-python[server]==0.3.36
 
-.PHONY: install run test bench
+.PHONY: install run demo test bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0  # the CPU wheel; an unpinned torch pulls CUDA
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,runtime]'
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  $(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) '$(LLAMA)'
+	$(BIN)/pip install --quiet --find-links $(WHEELS) '$(LLAMA)'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/llmoffload reproduce --quick --out $(QUICK)
+	@echo "Figures 4-9 and REPORT.md: $(QUICK)/ (the full sweep: llmoffload reproduce)"
+
+demo: $(STAMP)
 	mkdir -p $(DEMO)
 	$(BIN)/llmoffload scenario show paper
 	$(BIN)/llmoffload instance --scenario paper --seed 0 --out $(DEMO)/instance.json
@@ -27,7 +38,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --dist loadgroup  # one set of llama servers: their tests share a worker
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_runtime.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from llmoffload.execution import Schedule, evaluate
 from llmoffload.files import write_text_atomic
 from llmoffload.instance import Instance, load_instance, sample_instance
 from llmoffload.network import dbm_to_watt, link_rates
+from llmoffload.runtime.commands import calibrate_cmd, run_cmd, serve_cmd
 from llmoffload.scenario import Scenario, load_scenario
 from llmoffload.schedulers import SCHEDULERS
 
@@ -447,3 +449,79 @@ def evaluation_table(rows: list[dict[str, float]]) -> list[list[str]]:
         [name, f"{np.mean(v):.4f}", f"{np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"]
         for name, v in columns.items()
     ]
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    quick: Annotated[
+        bool, typer.Option(help="2 seeds, 100 episodes, 10 held-out: minutes, not hours.")
+    ] = False,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds 0..K-1 (default 3).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Local worker processes (default: every core).")
+    ] = None,
+    ray: Annotated[
+        str | None, typer.Option(help="Run the runs as tasks on this Ray cluster (host:port).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where runs, figures and REPORT.md go.")] = None,
+    scenario: Annotated[str, typer.Option(help="Base scenario: built-in name or file.")] = "paper",
+    episodes: Annotated[int | None, typer.Option(min=1, help="Training episodes per run.")] = None,
+    eval_episodes: Annotated[
+        int | None, typer.Option(min=1, help="Held-out instances per run.")
+    ] = None,
+    time_limit: Annotated[
+        float | None, typer.Option(min=0.001, help="CP-SAT seconds per held-out instance.")
+    ] = None,
+    method: Annotated[
+        list[str] | None, typer.Option(help="A method to sweep (repeatable; default all six).")
+    ] = None,
+    bandwidth: Annotated[
+        list[float] | None, typer.Option(help="A bandwidth W in MHz (repeatable).")
+    ] = None,
+    deadline: Annotated[
+        list[float] | None, typer.Option(help="A deadline T_max in s (repeatable).")
+    ] = None,
+    failure_prob: Annotated[
+        list[float] | None, typer.Option(help="An edge failure probability (repeatable).")
+    ] = None,
+) -> None:
+    """Reproduce the paper's Figs. 4-9: every run cached; figures, CSVs and REPORT.md."""
+    import time
+    from dataclasses import replace
+
+    from llmoffload.report import write_report
+    from llmoffload.sweep import QUICK, Grid, execute, plan
+
+    began = time.perf_counter()
+    given = {
+        "seeds": tuple(range(seeds)) if seeds else None,
+        "scenario": scenario,
+        "episodes": episodes,
+        "eval_episodes": eval_episodes,
+        "time_limit_s": time_limit,
+        "methods": tuple(method) if method else None,
+        "bandwidths_mhz": tuple(bandwidth) if bandwidth else None,
+        "deadlines_s": tuple(deadline) if deadline else None,
+        "failure_probs": tuple(failure_prob) if failure_prob else None,
+    }
+    grid = replace(QUICK if quick else Grid(), **{k: v for k, v in given.items() if v is not None})
+    if grid.failure_method not in grid.methods and grid.methods:
+        grid = replace(grid, failure_method=grid.methods[0])
+    out = out or Path("runs/quick" if quick else "runs/reproduce")
+    specs = plan(grid)
+    out.mkdir(parents=True, exist_ok=True)
+    outcome = execute(specs, out, workers or os.cpu_count() or 1, ray)
+    write_report(grid, specs, outcome, out)
+    cached = len(outcome.results) - outcome.ran
+    typer.echo(
+        f"{len(specs)} runs: {outcome.ran} ran, {cached} cached, {len(outcome.failures)} failed "
+        f"({time.perf_counter() - began:.0f} s). Figures, CSVs and REPORT.md: {out}/"
+    )
+    if outcome.failures:
+        raise typer.Exit(1)
+
+
+# The runtime on real endpoints (the [runtime] extra): see docs/runtime.md.
+app.command("run")(run_cmd)
+app.command("calibrate")(calibrate_cmd)
+app.command("serve")(serve_cmd)

@@ -23,13 +23,40 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from llmoffload.execution import Execution, Run
+from llmoffload.execution import Execution, Run, Schedule
 from llmoffload.instance import Instance, sample_instance
 from llmoffload.network import link_rates
 from llmoffload.scenario import Scenario
 
 Array = TypeVar("Array")  # a numpy array or a torch tensor
 VIOLATIONS = ("repeat", "precedence", "modality", "failure", "deadline")
+
+
+def run_reward(sc: Scenario, run: Run) -> float:
+    """SPEC §4's reward of one executed dispatch: the bonus if it ends by T_max,
+    else the lateness penalty, minus its weighted time and cost.
+
+    Summed over a schedule's runs it is the episode reward of replaying that
+    schedule with no refused action, which puts HEFT and Optimal on the
+    learners' scale.
+    """
+    late = max(0.0, run.end - sc.t_max_s)
+    return (
+        (0.0 if late > 0 else sc.reward.bonus)  # q * theta
+        - sc.reward.penalty * late  # eta3
+        - sc.gamma * (run.upload + run.compute)
+        - (1.0 - sc.gamma) * run.cost
+    )
+
+
+def outcome(schedule: Schedule) -> dict[str, float]:
+    """A finished schedule's objective, mean task latency, total cost and deadline misses."""
+    return {
+        "objective": schedule.objective,
+        "latency": float(np.mean([t.latency for t in schedule.tasks])),
+        "cost": sum(t.cost for t in schedule.tasks),
+        "deadline_misses": schedule.deadline_misses,
+    }
 
 
 @dataclass(frozen=True)
@@ -191,16 +218,10 @@ class OffloadEnv(ParallelEnv):
         if kinds:
             return self._refuse(kinds, penalty)
         run = ex.dispatch(i, j, k)
-        late = max(0.0, run.end - sc.t_max_s)
-        if late > 0:
+        late = run.end > sc.t_max_s
+        if late:
             self.violations["deadline"] += 1
-        reward = (
-            (0.0 if late > 0 else sc.reward.bonus)  # q * theta
-            - v * late  # eta3
-            - sc.gamma * (run.upload + run.compute)
-            - (1.0 - sc.gamma) * run.cost
-        )
-        return reward, {"run": run, "violations": ["deadline"] if late > 0 else []}
+        return run_reward(sc, run), {"run": run, "violations": ["deadline"] if late else []}
 
     def _refuse(self, kinds: str | list[str], penalty: float) -> tuple[float, dict]:
         kinds = [kinds] if isinstance(kinds, str) else kinds
@@ -281,11 +302,7 @@ class OffloadEnv(ParallelEnv):
             **{f"violations_{k}": self.violations[k] for k in VIOLATIONS},
         }
         if done:
-            sched = self.ex.schedule()
-            out["objective"] = sched.objective
-            out["latency"] = float(np.mean([t.latency for t in sched.tasks]))
-            out["cost"] = sum(t.cost for t in sched.tasks)
-            out["deadline_misses"] = sched.deadline_misses
+            out.update(outcome(self.ex.schedule()))
         else:
             out.update(objective=np.nan, latency=np.nan, cost=np.nan, deadline_misses=np.nan)
         return out

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from llmoffload.files import replacing
+from llmoffload.stats import ci95
 
 
 def ema(values: np.ndarray, alpha: float = 0.05) -> np.ndarray:
@@ -21,21 +25,64 @@ def ema(values: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     return out
 
 
-def reward_curve(curves: dict[str, list[float]], path: str | Path, alpha: float = 0.05) -> None:
-    """Episode reward per method: EMA line, raw values shaded around it (paper Fig. 4)."""
-    fig = Figure(figsize=(8, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+def reward_curve(
+    curves: dict[str, Sequence[float] | np.ndarray], path: str | Path, alpha: float = 0.05
+) -> None:
+    """Episode reward per method (paper Fig. 4): the EMA of the seed mean as a line, the
+    raw seed mean shaded around it, and with several seeds (rows) a dashed 95% CI band
+    of the per-seed EMAs."""
+    fig, ax = canvas(1)
     for name, values in curves.items():
-        raw = np.asarray(values, dtype=float)
-        x = np.arange(len(raw))
-        smooth = ema(raw, alpha)
-        (line,) = ax.plot(x, smooth, label=name, linewidth=1.8)
-        ax.fill_between(x, raw, smooth, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("episode")
-    ax.set_ylabel("episode reward (sum over agents)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        raw = np.atleast_2d(np.asarray(values, dtype=float))
+        x = np.arange(raw.shape[1])
+        smooth, half = ci95(np.stack([ema(r, alpha) for r in raw]))
+        (line,) = ax[0].plot(x, smooth, label=name, linewidth=1.8)
+        ax[0].fill_between(x, raw.mean(0), smooth, color=line.get_color(), alpha=0.15, lw=0)
+        if len(raw) > 1:
+            for bound in (smooth - half, smooth + half):
+                ax[0].plot(x, bound, color=line.get_color(), linewidth=0.8, linestyle="--")
+    ax[0].set_xlabel("episode")
+    ax[0].set_ylabel("episode reward (sum over agents)")
+    save(fig, ax, path)
+
+
+@dataclass
+class Panel:
+    """One chart of a method per line against a swept setting, with 95% CI error bars."""
+
+    xlabel: str
+    ylabel: str
+    xs: list[float]
+    series: dict[str, tuple[np.ndarray, np.ndarray]]  # method -> (means, CI half-widths)
+    dashed: set[str] = field(default_factory=set)  # references drawn apart from the methods
+
+
+def line_chart(panels: list[Panel], path: str | Path) -> None:
+    """Figs. 5-9: each panel a line per method over the setting's values."""
+    fig, axes = canvas(len(panels))
+    for ax, panel in zip(axes, panels, strict=True):
+        for name, (mean, half) in panel.series.items():
+            style = "--" if name in panel.dashed else "-"
+            ax.errorbar(
+                panel.xs, mean, yerr=half, label=name, linestyle=style, marker="o", capsize=3
+            )
+        ax.set_xticks(panel.xs)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+    save(fig, axes, path)
+
+
+def canvas(panels: int) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(4.5 + 3.5 * panels, 4.5))
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(1, panels, k + 1) for k in range(panels)]
+
+
+def save(fig: Figure, axes: list[Axes], path: str | Path) -> None:
+    """Grid and legend on every panel, then an atomic write."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=120)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmoffload.env import OffloadEnv
+from llmoffload.env import OffloadEnv, outcome, run_reward
 from llmoffload.errors import OffloadError
 from llmoffload.execution import Schedule, evaluate
 from llmoffload.files import replacing, write_text_atomic
-from llmoffload.heuristics import heft
 from llmoffload.instance import Instance, sample_instance
 from llmoffload.learner import Learner, Transition
 from llmoffload.methods import LEARNERS
 from llmoffload.optimal import solve
 from llmoffload.scenario import Scenario, parse_scenario
+from llmoffload.schedulers import SCHEDULERS
 
 TRAIN, EVAL = 0, 1
 
@@ -207,18 +208,54 @@ def policy_schedule(run: Path, instance: Instance) -> Schedule:
     return env.ex.schedule()
 
 
+def held_out(scenario: Scenario, seed: int, episodes: int) -> Iterator[tuple[int, int, Instance]]:
+    """Evaluation episode e's seed and instance: stream EVAL, never seen in training."""
+    for e in range(episodes):
+        eseed = episode_seed(seed, EVAL, e)
+        yield e, eseed, sample_instance(scenario, np.random.default_rng(eseed))
+
+
+def scheduler_schedule(
+    name: str, instance: Instance, seed: int, time_limit_s: float
+) -> tuple[Schedule, bool]:
+    """A classic scheduler's schedule, and whether it is proven optimal (Optimal within
+    ``time_limit_s`` seconds; an unproven one is the best found, and may vary with load)."""
+    if name == "optimal":
+        solution = solve(instance, time_limit_s=time_limit_s)
+        return solution.schedule, solution.proven
+    return evaluate(instance, SCHEDULERS[name](instance, np.random.default_rng(seed))), False
+
+
 def evaluate_run(
-    run: Path, episodes: int, time_limit_s: float = 10.0, progress: bool = True
+    run: Path,
+    episodes: int,
+    time_limit_s: float = 10.0,
+    progress: bool = True,
+    references: bool = True,
 ) -> list[dict[str, float]]:
-    """Greedy, masked, non-learning episodes on held-out instances, beside HEFT and Optimal."""
+    """Greedy, masked, non-learning episodes on held-out instances, beside HEFT and
+    Optimal unless ``references`` is off (a sweep evaluates those once per setting)."""
     ckpt, learner, env = load_run(run)
     rows = []
-    for e in tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress):
-        seed = episode_seed(ckpt["seed"], EVAL, e)
-        inst = sample_instance(env.scenario, np.random.default_rng(seed))
+    cases = held_out(env.scenario, ckpt["seed"], episodes)
+    for e, seed, inst in tqdm(cases, "evaluate", episodes, unit="ep", disable=not progress):
         row = {"episode": e, **run_episode(env, learner, seed, False, inst)}
-        row["heft"] = evaluate(inst, heft(inst, np.random.default_rng(seed))).objective
-        row["optimal"] = solve(inst, time_limit_s=time_limit_s).schedule.objective
+        if references:
+            for name in ("heft", "optimal"):
+                row[name] = scheduler_schedule(name, inst, seed, time_limit_s)[0].objective
         rows.append(row)
     write_text_atomic(run / "evaluation.csv", to_csv(rows))
+    return rows
+
+
+def evaluate_scheduler(
+    name: str, scenario: Scenario, seed: int, episodes: int, time_limit_s: float = 10.0
+) -> list[dict[str, float]]:
+    """A classic scheduler on the same held-out instances a run of ``seed`` is evaluated on,
+    with the reward the environment would give its schedule (``env.run_reward``)."""
+    rows = []
+    for e, eseed, inst in held_out(scenario, seed, episodes):
+        schedule, proven = scheduler_schedule(name, inst, eseed, time_limit_s)
+        reward = sum(run_reward(scenario, run) for run in schedule.runs)
+        rows.append({"episode": e, "reward": reward, "proven": proven, **outcome(schedule)})
     return rows

@@ -1,0 +1,474 @@
+"""Figs. 4-9, their numbers as CSV, and REPORT.md with the paper's claims checked.
+
+What the figures show (SPEC §6; choices in docs/assumptions.md):
+- *average reward* of a learner: the mean episode reward of its last training
+  episodes (the last 50, or the last half of shorter runs); of HEFT and Optimal,
+  the mean reward the environment gives their schedules of the held-out instances;
+- *weighted sum*: the mean objective (sum over tasks of gamma latency + (1 - gamma)
+  cost) on the held-out instances, the learners acting greedily; NaN when a policy
+  leaves work undone (Random). Figs. 6/8 scale it onto [0.1, 1] over the figure's
+  points, as the paper does; Fig. 9 shows it unscaled;
+- every point is a mean over seeds with its 95% t-interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmoffload.files import write_text_atomic
+from llmoffload.plots import Panel, line_chart, reward_curve
+from llmoffload.stats import ci95
+from llmoffload.sweep import REFERENCES, Grid, Outcome, RunSpec
+
+TAIL = 50  # training episodes averaged into a learner's "average reward"
+Series = dict[str, tuple[np.ndarray, np.ndarray]]  # method -> (means, CI half-widths) per x
+
+
+@dataclass(frozen=True)
+class Record:
+    """One finished run, reduced to what the figures need."""
+
+    method: str
+    bandwidth_mhz: float
+    deadline_s: float
+    failure_prob: float
+    seed: int
+    reward: float
+    gain: float  # last window's mean reward minus the first's: learning, or its absence
+    objective: float
+    curve: tuple[float, ...]
+
+
+def record(result: dict[str, Any]) -> Record:
+    spec, held, curve = result["spec"], result["held_out"], result["train_reward"]
+    if curve:
+        window = max(1, min(TAIL, len(curve) // 2))
+        reward = float(np.mean(curve[-window:]))
+        gain = reward - float(np.mean(curve[:window]))
+    else:
+        reward, gain = float(np.mean(held["reward"])), float("nan")
+    keys = ("method", "bandwidth_mhz", "deadline_s", "failure_prob", "seed")
+    return Record(
+        **{k: spec[k] for k in keys},
+        reward=reward,
+        gain=gain,
+        objective=float(np.mean(held["objective"])),
+        curve=tuple(curve),
+    )
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One setting varied over ``xs``, the others held where the grid says."""
+
+    field: str
+    label: str
+    short: str
+    xs: tuple[float, ...]
+    fixed: dict[str, float]
+
+    def labels(self) -> list[str]:
+        return [f"{self.short}={x:g}" for x in self.xs]
+
+    def runs(self, records: list[Record], method: str, x: float) -> list[Record]:
+        return [
+            r
+            for r in records
+            if r.method == method
+            and getattr(r, self.field) == x
+            and all(getattr(r, k) == v for k, v in self.fixed.items())
+        ]
+
+    def series(
+        self, records: list[Record], methods: list[str], metric: Callable[[Record], float]
+    ) -> Series:
+        """Per method, the metric's mean and CI half-width at each x; NaN where no run."""
+        out = {}
+        for m in methods:
+            stats = [
+                ci95([metric(r) for r in self.runs(records, m, x)] or [np.nan]) for x in self.xs
+            ]
+            out[m] = (np.array([s[0] for s in stats]), np.array([s[1] for s in stats]))
+        return out
+
+
+def reward(r: Record) -> float:
+    return r.reward
+
+
+def objective(r: Record) -> float:
+    return r.objective
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of methods against one axis: its file, what it plots, and how."""
+
+    name: str
+    title: str
+    axis: Axis
+    metric: Callable[[Record], float]
+    ylabel: str
+    scaled: bool  # onto [0.1, 1], as the paper's weighted-sum figures
+
+
+def normalise(series: Series) -> Series:
+    """Every mean mapped linearly onto [0.1, 1] over the figure (NaN kept), CIs alike."""
+    finite = np.concatenate([m[np.isfinite(m)] for m, _ in series.values()])
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    scale = 0.9 / (hi - lo) if hi > lo else 0.0
+    return {k: (0.1 + (m - lo) * scale, h * scale) for k, (m, h) in series.items()}
+
+
+def figures(grid: Grid) -> tuple[Axis, list[Figure], Axis]:
+    """The base point of Fig. 4, Figs. 5-8, and Fig. 9's axis, for this grid."""
+    w, t = grid.bandwidth_mhz, grid.deadline_s
+    bandwidth = Axis(
+        "bandwidth_mhz",
+        "bandwidth W (MHz)",
+        "W",
+        grid.bandwidths_mhz,
+        {"deadline_s": t, "failure_prob": 0.0},
+    )
+    deadline = Axis(
+        "deadline_s",
+        "deadline T_max (s)",
+        "T_max",
+        grid.deadlines_s,
+        {"bandwidth_mhz": w, "failure_prob": 0.0},
+    )
+    failure = Axis(
+        "failure_prob",
+        "edge failure probability",
+        "p",
+        grid.failure_probs,
+        {"bandwidth_mhz": w, "deadline_s": t},
+    )
+    base = Axis("failure_prob", "", "p", (0.0,), failure.fixed)
+    ws = "weighted sum, normalised"
+    return (
+        base,
+        [
+            Figure(
+                "fig5_bandwidth_reward",
+                "Fig. 5: average reward vs bandwidth",
+                bandwidth,
+                reward,
+                "average reward",
+                False,
+            ),
+            Figure(
+                "fig6_bandwidth_weighted_sum",
+                "Fig. 6: weighted latency + cost vs bandwidth",
+                bandwidth,
+                objective,
+                ws,
+                True,
+            ),
+            Figure(
+                "fig7_deadline_reward",
+                "Fig. 7: average reward vs deadline",
+                deadline,
+                reward,
+                "average reward",
+                False,
+            ),
+            Figure(
+                "fig8_deadline_weighted_sum",
+                "Fig. 8: weighted latency + cost vs deadline",
+                deadline,
+                objective,
+                ws,
+                True,
+            ),
+        ],
+        failure,
+    )
+
+
+Table = dict[str, dict[str, tuple[float, float]]]  # method -> column -> (mean, CI half-width)
+
+
+def table(series: Series, labels: list[str]) -> Table:
+    return {
+        m: {c: (mean[k], half[k]) for k, c in enumerate(labels)}
+        for m, (mean, half) in series.items()
+    }
+
+
+def merge(*tables: Table) -> Table:
+    return {m: {c: v for t in tables for c, v in t.get(m, {}).items()} for m in tables[0]}
+
+
+def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) -> None:
+    """Write every figure, its CSV, and REPORT.md into ``out``."""
+    records = [record(outcome.results[s.key]) for s in specs if s.key in outcome.results]
+    methods, every = list(grid.methods), [*grid.methods, *REFERENCES]
+    base, lines, failure = figures(grid)
+    sections: list[tuple[str, str, Table]] = []
+
+    curves = {m: [r.curve for r in base.runs(records, m, 0.0)] for m in methods}
+    curves = {m: np.array(c) for m, c in curves.items() if c}
+    reward_curve(curves, out / "fig4_reward_curves.png")
+    rows = [
+        {"method": m, "episode": e, "mean": mean[e], "ci95": half[e], "seeds": len(c)}
+        for m, c in curves.items()
+        for mean, half in [ci95(c)]
+        for e in range(c.shape[1])
+    ]
+    write_csv(out / "fig4_reward_curves.csv", rows)
+    at_base = {
+        name: base.series(records, every, metric)
+        for name, metric in (("average reward", reward), ("weighted sum", objective))
+    }
+    sections.append(
+        (
+            "Fig. 4: training reward at the base setting",
+            "fig4_reward_curves",
+            merge(*(table(s, [name]) for name, s in at_base.items())),
+        )
+    )
+
+    tables = {}
+    for fig in lines:
+        raw = tables[fig.name] = fig.axis.series(records, every, fig.metric)
+        shown = normalise(raw) if fig.scaled else {m: raw[m] for m in methods}
+        line_chart(
+            [Panel(fig.axis.label, fig.ylabel, list(fig.axis.xs), shown, set(REFERENCES))],
+            out / f"{fig.name}.png",
+        )
+        rows = long_rows(fig.axis, raw)
+        if fig.scaled:
+            scaled = long_rows(fig.axis, shown)
+            rows = [
+                r | {"normalised": s["mean"], "normalised_ci95": s["ci95"]}
+                for r, s in zip(rows, scaled, strict=True)
+            ]
+        write_csv(out / f"{fig.name}.csv", rows)
+        sections.append((fig.title, fig.name, table(raw, fig.axis.labels())))
+
+    one = [grid.failure_method]
+    fail = {
+        name: failure.series(records, one, metric)
+        for name, metric in (("average reward", reward), ("weighted sum", objective))
+    }
+    line_chart(
+        [Panel(failure.label, name, list(failure.xs), s) for name, s in fail.items()],
+        out / "fig9_failures.png",
+    )
+    write_csv(
+        out / "fig9_failures.csv",
+        [{"metric": name} | r for name, s in fail.items() for r in long_rows(failure, s)],
+    )
+    sections.append(
+        (
+            f"Fig. 9: {grid.failure_method} under edge failures",
+            "fig9_failures",
+            merge(
+                *(table(s, [f"{name}, {x}" for x in failure.labels()]) for name, s in fail.items())
+            ),
+        )
+    )
+
+    reward_figs = [("Fig. 4", ["base"], at_base["average reward"])]
+    reward_figs += [(f.title[:6], f.axis.labels(), tables[f.name]) for f in lines if not f.scaled]
+    cost_figs = [(f.title[:6], f.axis.labels(), tables[f.name]) for f in lines if f.scaled]
+    gains = base.series(records, methods, lambda r: r.gain)
+    verdicts = check_claims(methods, reward_figs, cost_figs, gains)
+    write_text_atomic(out / "REPORT.md", markdown(grid, specs, outcome, sections, verdicts))
+
+
+def long_rows(axis: Axis, series: Series) -> list[dict[str, Any]]:
+    """A series as CSV rows: method, x, mean, ci95."""
+    return [
+        {"method": m, axis.field: x, "mean": mean[k], "ci95": half[k]}
+        for m, (mean, half) in series.items()
+        for k, x in enumerate(axis.xs)
+    ]
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    names = list(dict.fromkeys(k for row in rows for k in row)) or ["method"]
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(
+        {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows
+    )
+    write_text_atomic(path, buf.getvalue())
+
+
+# -- the paper's claims (SPEC §6, last line) ------------------------------------------------
+
+Points = list[tuple[str, list[str], Series]]  # (figure, column labels, series)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    verdict: str  # "holds", "does not hold" or "not tested"
+    evidence: str
+
+
+def ranked(series: Series, methods: list[str], k: int, best_high: bool) -> list[tuple[str, float]]:
+    """The methods with a number at point k, best first."""
+    values = [(m, float(series[m][0][k])) for m in methods if np.isfinite(series[m][0][k])]
+    return sorted(values, key=lambda mv: -mv[1] if best_high else mv[1])
+
+
+def check(
+    claim: str,
+    needs: list[str],
+    methods: list[str],
+    points: Points,
+    best_high: bool,
+    test: Callable[[list[tuple[str, float]]], bool],
+) -> Verdict:
+    """Apply ``test`` to the ranking at every point of every figure given."""
+    missing = [m for m in needs if m not in methods]
+    if missing:
+        return Verdict(claim, "not tested", f"{', '.join(missing)} not in the sweep")
+    fails, total = [], 0
+    for fig, labels, series in points:
+        for k, label in enumerate(labels):
+            order = ranked(series, methods, k, best_high)
+            total += 1
+            if not test(order):
+                shown = " > ".join(f"{m} {v:.4g}" for m, v in order)
+                fails.append(f"{fig} {label}: {shown}")
+    if not fails:
+        return Verdict(claim, "holds", f"at all {total} points")
+    return Verdict(claim, "does not hold", f"fails at {len(fails)} of {total}: " + "; ".join(fails))
+
+
+def check_claims(
+    methods: list[str], reward_figs: Points, cost_figs: Points, gains: Series
+) -> list[Verdict]:
+    """The paper's four claims, each against every point it speaks of.
+
+    "Best" is the highest reward and the lowest weighted sum. The weighted sum
+    ranks only methods that finish their episodes (not Random). "Flat" means
+    Random's gain (mean reward of its last training window minus its first)
+    has a 95% interval over seeds that contains 0.
+    """
+    ucb = check(
+        "UCB-COMA is best on every figure",
+        ["ucb-coma"],
+        methods,
+        reward_figs,
+        True,
+        lambda o: bool(o) and o[0][0] == "ucb-coma",
+    )
+    ucb_cost = check(
+        "", ["ucb-coma"], methods, cost_figs, False, lambda o: bool(o) and o[0][0] == "ucb-coma"
+    )
+    both = (
+        ucb
+        if ucb.verdict == "not tested"
+        else Verdict(
+            ucb.claim,
+            "holds" if ucb.verdict == ucb_cost.verdict == "holds" else "does not hold",
+            f"reward figures: {ucb.evidence}; weighted-sum figures: {ucb_cost.evidence}",
+        )
+    )
+    coma = check(
+        "COMA is second on reward",
+        ["coma"],
+        methods,
+        reward_figs,
+        True,
+        lambda o: len(o) > 1 and o[1][0] == "coma",
+    )
+    cs = check(
+        "CS-UCB has the highest weighted sum",
+        ["cs-ucb"],
+        methods,
+        cost_figs,
+        False,
+        lambda o: bool(o) and o[-1][0] == "cs-ucb",
+    )
+    low = check(
+        "Random is flat and lowest on reward",
+        ["random"],
+        methods,
+        reward_figs,
+        True,
+        lambda o: bool(o) and o[-1][0] == "random",
+    )
+    if low.verdict != "not tested":
+        mean, half = (float(v[0]) for v in gains["random"])
+        flat = abs(mean) <= half
+        low = Verdict(
+            low.claim,
+            "holds" if flat and low.verdict == "holds" else "does not hold",
+            f"lowest: {low.evidence}; gain {mean:.4g} ± {half:.4g} "
+            f"({'flat' if flat else 'not flat'})",
+        )
+    return [both, coma, cs, low]
+
+
+# -- REPORT.md ------------------------------------------------------------------------------
+
+
+def cell(value: tuple[float, float]) -> str:
+    mean, half = value
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4g} ± {half:.2g}" if half else f"{mean:.4g}"
+
+
+def markdown(
+    grid: Grid,
+    specs: list[RunSpec],
+    outcome: Outcome,
+    sections: list[tuple[str, str, Table]],
+    verdicts: list[Verdict],
+) -> str:
+    """The report: the setting, the claims, then each figure with its numbers."""
+    lines = [
+        "# Reproduction of the UCB-COMA paper's experiments",
+        "",
+        f"Methods: {', '.join(grid.methods)}; references HEFT and Optimal (CP-SAT, "
+        f"{grid.time_limit_s:g} s per instance). Seeds: {', '.join(map(str, grid.seeds))}. "
+        f"Training: {grid.episodes} episodes; evaluation: {grid.eval_episodes} held-out "
+        f"instances per run. Base setting: W = {grid.bandwidth_mhz:g} MHz, "
+        f"T_max = {grid.deadline_s:g} s, no failures; scenario '{grid.scenario}'.",
+        "",
+        "Cells are means over seeds ± the half-width of the 95% t-interval. A learner's "
+        f"average reward is its mean over its last {TAIL} training episodes (or the last half); "
+        "HEFT's and Optimal's is the reward of their schedules of the held-out instances. "
+        "The weighted sum is the held-out objective (gamma latency + (1 - gamma) cost, lower "
+        "is better); n/a where a policy leaves work undone. The figures of the weighted sum "
+        "scale it onto [0.1, 1] as the paper does; the tables give it unscaled.",
+        "",
+    ]
+    failed = [outcome.failures[s.key] for s in specs if s.key in outcome.failures]
+    missing = len([s for s in specs if s.key not in outcome.results])
+    proven = [
+        p
+        for s in specs
+        if s.method == "optimal" and s.key in outcome.results
+        for p in outcome.results[s.key]["held_out"].get("proven", [])
+    ]
+    lines.append(
+        f"Runs: {len(specs) - missing} of {len(specs)} finished. Optimal is proven optimal on "
+        f"{sum(proven)} of {len(proven)} held-out instances (the rest: the best schedule found)."
+    )
+    lines += [f"- failed: {f}" for f in failed] + [""]
+    lines += ["## The paper's claims", "", "| claim | verdict | numbers |", "|---|---|---|"]
+    lines += [f"| {v.claim} | **{v.verdict}** | {v.evidence} |" for v in verdicts]
+    for title, stem, tab in sections:
+        columns = list(next(iter(tab.values())))
+        lines += ["", f"## {title}", "", f"![{stem}]({stem}.png) ([numbers]({stem}.csv))", ""]
+        lines += ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [
+            f"| {m} | " + " | ".join(cell(row[c]) for c in columns) + " |" for m, row in tab.items()
+        ]
+    return "\n".join(lines) + "\n"

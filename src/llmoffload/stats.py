@@ -1,0 +1,22 @@
+"""Means with 95% confidence intervals over seeds (Student's t, as seeds are few)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def ci95(values: np.ndarray | list[float], axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and half-width of its 95% t-interval along ``axis``; half-width 0 for one value.
+
+    A NaN anywhere (a run that left work undone) makes that mean NaN: such a
+    method has no objective, and averaging over the runs that happened to
+    finish would flatter it.
+    """
+    v = np.asarray(values, dtype=float)
+    n = v.shape[axis]
+    mean = v.mean(axis=axis)
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    sem = v.std(axis=axis, ddof=1) / np.sqrt(n)
+    return mean, stats.t.ppf(0.975, n - 1) * sem

@@ -1,0 +1,295 @@
+"""The paper's experiments (SPEC §6) as independent, cached runs on a process pool or Ray.
+
+A sweep is a ``Grid`` of settings. ``plan`` turns it into the runs Figs. 4-9
+need (each method at each bandwidth, deadline and, for one method, failure
+probability, per seed; shared points once), plus HEFT and Optimal on the same
+held-out instances at every setting. A run is named by a hash of everything
+that decides its numbers (the setting, the resolved scenario, the method's
+config, the result format), so an interrupted sweep resumes where it stopped
+and a changed setting reruns only the runs it touches. A run is done when its
+``result.json`` exists: the driver writes it last and atomically; a run
+directory without one is a leftover and is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from llmoffload.errors import OffloadError
+from llmoffload.files import write_text_atomic
+from llmoffload.methods import LEARNERS
+from llmoffload.scenario import Scenario, load_scenario, parse_scenario
+
+RESULT_FORMAT = "llmoffload-result/1"
+REFERENCES = ("heft", "optimal")  # evaluated beside the learners, never trained
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to sweep; the defaults are the paper's (SPEC §6, Table 2)."""
+
+    methods: tuple[str, ...] = tuple(LEARNERS)
+    bandwidths_mhz: tuple[float, ...] = (5.0, 5.5, 6.0)  # Figs. 5/6
+    deadlines_s: tuple[float, ...] = (2.5, 2.8, 3.0)  # Figs. 7/8
+    failure_probs: tuple[float, ...] = (0.0, 0.1, 0.2)  # Fig. 9
+    bandwidth_mhz: float = 6.0  # where Figs. 4, 7, 8, 9 hold W
+    deadline_s: float = 3.0  # where Figs. 4, 5, 6, 9 hold T_max
+    failure_method: str = "ucb-coma"  # Fig. 9's one method
+    seeds: tuple[int, ...] = (0, 1, 2)
+    episodes: int = 700  # the paper's
+    eval_episodes: int = 50
+    time_limit_s: float = 10.0  # Optimal, per held-out instance
+    scenario: str = "paper"
+
+    def check(self) -> None:
+        """One clear error for a grid that cannot run, before any run starts."""
+        for method in self.methods:
+            if method not in LEARNERS:
+                raise OffloadError(f"unknown method '{method}' (choose from {', '.join(LEARNERS)})")
+        if self.failure_method not in self.methods:
+            raise OffloadError(f"the failure method '{self.failure_method}' is not swept")
+        if not all(0.0 <= p < 1.0 for p in self.failure_probs):
+            raise OffloadError("failure probabilities must lie in [0, 1)")
+        if not self.seeds:
+            raise OffloadError("at least one seed is needed")
+        if self.episodes < 1 or self.eval_episodes < 1:
+            raise OffloadError("episodes and held-out episodes must be at least 1")
+        for w, t in self.settings():
+            variant(load_scenario(self.scenario), w, t)  # raises on a bad W or T_max
+
+    def settings(self) -> list[tuple[float, float]]:
+        """Every (bandwidth, deadline) a figure needs, the shared one once."""
+        pairs = [(w, self.deadline_s) for w in self.bandwidths_mhz]
+        pairs += [(self.bandwidth_mhz, t) for t in self.deadlines_s]
+        pairs.append((self.bandwidth_mhz, self.deadline_s))
+        return list(dict.fromkeys(pairs))
+
+
+QUICK = Grid(seeds=(0, 1), episodes=100, eval_episodes=10, time_limit_s=2.0)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a method at one setting and seed. ``scenario`` is the base scenario's JSON."""
+
+    method: str
+    bandwidth_mhz: float
+    deadline_s: float
+    failure_prob: float
+    seed: int
+    episodes: int  # 0 for HEFT and Optimal, which do not train
+    eval_episodes: int
+    time_limit_s: float  # 0 for learners, whose numbers it does not change
+    scenario: str = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        """A hash of everything that decides this run's numbers."""
+        learned = LEARNERS.get(self.method)
+        config = asdict(learned.config(**learned.defaults)) if learned else {}
+        text = json.dumps(
+            {"format": RESULT_FORMAT, **asdict(self), "config": config}, sort_keys=True
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        """A directory name a person can read, unique by the key."""
+        return (
+            f"{self.method}-W{self.bandwidth_mhz:g}-T{self.deadline_s:g}-p{self.failure_prob:g}"
+            f"-s{self.seed}-{self.key}"
+        )
+
+    def resolved_scenario(self) -> Scenario:
+        return variant(parse_scenario(json.loads(self.scenario), "sweep"), *self.setting)
+
+    @property
+    def setting(self) -> tuple[float, float]:
+        return self.bandwidth_mhz, self.deadline_s
+
+
+def variant(base: Scenario, bandwidth_mhz: float, deadline_s: float) -> Scenario:
+    """The base scenario at bandwidth W and deadline T_max, validated like a file."""
+    data = base.model_dump(mode="json")
+    data["network"]["bandwidth_mhz"] = bandwidth_mhz
+    data["t_max_s"] = deadline_s
+    return parse_scenario(data, f"W={bandwidth_mhz:g} MHz, T_max={deadline_s:g} s")
+
+
+def plan(grid: Grid) -> list[RunSpec]:
+    """Every run the figures need, each once."""
+    grid.check()
+    base = json.dumps(load_scenario(grid.scenario).model_dump(mode="json"), sort_keys=True)
+    at = grid.bandwidth_mhz, grid.deadline_s
+    points = [(m, w, t, 0.0) for m in grid.methods for w, t in grid.settings()]
+    points += [(grid.failure_method, *at, p) for p in grid.failure_probs]
+    points += [(m, w, t, 0.0) for m in REFERENCES for w, t in grid.settings()]
+    specs = {}
+    for seed in grid.seeds:
+        for method, w, t, p in points:
+            learner = method not in REFERENCES
+            spec = RunSpec(
+                method=method,
+                bandwidth_mhz=w,
+                deadline_s=t,
+                failure_prob=p,
+                seed=seed,
+                episodes=grid.episodes if learner else 0,
+                eval_episodes=grid.eval_episodes,
+                time_limit_s=0.0 if learner else grid.time_limit_s,
+                scenario=base,
+            )
+            specs.setdefault(spec.key, spec)
+    return list(specs.values())
+
+
+def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
+    """Train and evaluate one run (or evaluate a reference) and return its numbers.
+
+    Runs in a worker process or a Ray task; the training artifacts land in
+    ``root/runs/<name>/`` (on a cluster, make ``root`` a shared directory to
+    keep them), and the numbers travel back to the driver.
+    """
+    import torch  # workers import the learning stack; the driver need not
+
+    from llmoffload.training import evaluate_run, evaluate_scheduler, make_config, train
+
+    torch.set_num_threads(1)
+    out = Path(root) / "runs" / spec.name
+    shutil.rmtree(out, ignore_errors=True)  # a leftover of an interrupted run
+    scenario = spec.resolved_scenario()
+    began = time.perf_counter()
+    if spec.method in REFERENCES:
+        curve: list[float] = []
+        rows = evaluate_scheduler(
+            spec.method, scenario, spec.seed, spec.eval_episodes, spec.time_limit_s
+        )
+    else:
+        config = make_config(spec.method, {})
+        trained = train(
+            spec.method, scenario, spec.episodes, spec.seed, out, config, spec.failure_prob, False
+        )
+        curve = [row["reward"] for row in trained]
+        rows = evaluate_run(out, spec.eval_episodes, progress=False, references=False)
+    keys = ("reward", "objective", "latency", "cost", "proven")
+    held = {k: [row[k] for row in rows] for k in keys if k in rows[0]}
+    return {
+        "format": RESULT_FORMAT,
+        "spec": {k: v for k, v in asdict(spec).items() if k != "scenario"},
+        "key": spec.key,
+        "wall_s": time.perf_counter() - began,
+        "train_reward": curve,
+        "held_out": held,
+    }
+
+
+def result_path(root: Path, spec: RunSpec) -> Path:
+    return root / "runs" / spec.name / "result.json"
+
+
+@dataclass
+class Outcome:
+    """What a sweep produced: results by key, and one error line per failed run."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    ran: int = 0  # runs executed now, not taken from the cache
+
+
+Submit = Callable[[RunSpec, str], Future]
+
+
+def execute(
+    specs: list[RunSpec],
+    root: Path,
+    workers: int = 2,
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> Outcome:
+    """Run what is not cached yet; one run's failure is recorded and the others go on."""
+    root = root.resolve()
+    out = Outcome()
+    todo = []
+    for spec in specs:
+        path = result_path(root, spec)
+        if path.is_file():
+            out.results[spec.key] = json.loads(path.read_text())
+        else:
+            todo.append(spec)
+    with ray_pool(ray_address) if ray_address else process_pool(workers) as (submit, slots):
+        bar = tqdm(
+            total=len(specs),
+            initial=len(specs) - len(todo),
+            desc="sweep",
+            unit="run",
+            disable=not progress,
+        )
+        pending = {submit(spec, str(root)): spec for spec in todo}
+        bar.set_postfix(running=min(slots, len(pending)), failed=0)
+        for future in as_completed(pending):
+            spec = pending.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:  # a run's own error: report it, keep the others
+                out.failures[spec.key] = f"{spec.name}: {type(exc).__name__}: {exc}"
+                bar.write(f"failed: {out.failures[spec.key]}")
+            else:
+                result_path(root, spec).parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(result_path(root, spec), json.dumps(result) + "\n")
+                out.results[spec.key] = result
+                out.ran += 1
+            bar.update()
+            bar.set_postfix(running=min(slots, len(pending)), failed=len(out.failures))
+        bar.close()
+    return out
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[tuple[Submit, int]]:
+    """A local pool of fresh (spawned) processes: no service to start."""
+    ctx = multiprocessing.get_context("spawn")  # no forked torch or tqdm state
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        try:
+            yield (lambda spec, root: pool.submit(run_one, spec, root)), workers
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+@contextmanager
+def ray_pool(address: str) -> Iterator[tuple[Submit, int]]:
+    """The same runs as Ray tasks on an existing cluster (``pip install 'llmoffload[ray]'``).
+
+    ``address`` is the head's ``host:port`` (or ``ray://host:port`` for Ray Client).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise OffloadError("--ray needs Ray: pip install 'llmoffload[ray]'") from None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        raise OffloadError(f"--ray {address}: expected host:port of the Ray head")
+    try:  # ray.init retries an absent cluster for minutes; a socket answers at once
+        socket.create_connection((host, int(port)), timeout=10).close()
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except (OSError, RuntimeError) as exc:
+        raise OffloadError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    try:
+        task = ray.remote(num_cpus=1)(run_one)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        yield (lambda spec, root: task.remote(spec, root).future()), slots
+    finally:
+        ray.shutdown()

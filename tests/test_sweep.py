@@ -1,0 +1,226 @@
+"""The reproduction sweep: every file, the cache, resuming after a kill, failures, Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import scenario_with
+
+from llmoffload.env import OffloadEnv
+from llmoffload.execution import evaluate
+from llmoffload.heuristics import heft
+from llmoffload.instance import sample_instance
+from llmoffload.report import Verdict, check_claims, normalise
+from llmoffload.stats import ci95
+from llmoffload.sweep import Grid, RunSpec, execute, plan
+from llmoffload.training import EVAL, episode_seed, evaluate_scheduler
+
+TINY = [
+    "--seeds", "2", "--episodes", "3", "--eval-episodes", "2", "--time-limit", "60",
+    "--method", "ucb-coma", "--method", "random", "--bandwidth", "5", "--bandwidth", "6",
+    "--deadline", "3", "--failure-prob", "0", "--failure-prob", "0.2",
+]  # fmt: skip
+RUNS = 2 * (2 * 2 + 1 + 2 * 2)  # seeds x (learners x W + one failure run + references x W)
+FILES = [
+    *(f"fig{k}_{name}.{ext}" for k, name in [(4, "reward_curves"), (5, "bandwidth_reward"),
+      (6, "bandwidth_weighted_sum"), (7, "deadline_reward"), (8, "deadline_weighted_sum"),
+      (9, "failures")] for ext in ("png", "csv")),
+    "REPORT.md",
+]  # fmt: skip
+
+
+def reproduce(out: Path, *extra: str) -> subprocess.Popen:
+    """The installed command line, in its own process group so a test can kill it whole."""
+    args = [sys.executable, "-m", "llmoffload", "reproduce", "--out", str(out), *TINY, *extra]
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def finish(proc: subprocess.Popen) -> str:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    return stdout
+
+
+def numbers(out: Path) -> dict[str, str]:
+    """Everything a sweep concludes: the figures' CSVs and the report."""
+    return {name: (out / name).read_text() for name in FILES if not name.endswith(".png")}
+
+
+def results(out: Path) -> dict[Path, int]:
+    """Each cached result and when it was written (nanoseconds)."""
+    return {p: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    assert f"{RUNS} runs: {RUNS} ran, 0 cached, 0 failed" in finish(reproduce(out))
+    return out
+
+
+def test_tiny_sweep_writes_every_file_and_a_second_run_reruns_nothing(swept: Path) -> None:
+    for name in FILES:
+        assert (swept / name).stat().st_size > 0, name
+    report = (swept / "REPORT.md").read_text()
+    assert "| UCB-COMA is best on every figure |" in report
+    assert "| COMA is second on reward | **not tested** | coma not in the sweep |" in report
+    assert "Optimal is proven optimal on 8 of 8 held-out instances" in report
+    before = results(swept)
+    assert len(before) == RUNS
+    assert f"{RUNS} runs: 0 ran, {RUNS} cached" in finish(reproduce(swept))
+    assert results(swept) == before  # not one result rewritten
+
+
+def test_a_changed_setting_reruns_only_the_runs_it_touches(swept: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grown"
+    shutil.copytree(swept, out)
+    before = results(out)
+    stdout = finish(reproduce(out, "--bandwidth", "5.5"))
+    new = 2 * (2 + 2)  # seeds x (learners + references) at the new bandwidth
+    assert f"{RUNS + new} runs: {new} ran, {RUNS} cached" in stdout
+    after = results(out)
+    assert {p: after[p] for p in before} == before
+
+
+def test_a_killed_sweep_resumes_to_identical_numbers(swept: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    proc = reproduce(out, "--workers", "1")
+    while len(results(out)) < 3:
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(results(out))
+    assert 3 <= done < RUNS and not (out / "REPORT.md").exists()
+    assert f"{RUNS - done} ran, {done} cached" in finish(reproduce(out))
+    assert numbers(out) == numbers(swept)
+
+
+def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path: Path) -> None:
+    grid = Grid(methods=("random",), bandwidths_mhz=(6.0,), deadlines_s=(3.0,),
+                failure_probs=(0.0,), failure_method="random", seeds=(0,), episodes=2,
+                eval_episodes=1)  # fmt: skip
+    good = [s for s in plan(grid) if s.method == "random"]
+    bad = RunSpec(**{**good[0].__dict__, "method": "no-such-method"})
+    outcome = execute([bad, *good], tmp_path, workers=1, progress=False)
+    assert list(outcome.failures) == [bad.key]
+    assert "unknown algorithm 'no-such-method'" in outcome.failures[bad.key]
+    assert set(outcome.results) == {s.key for s in good}
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> str:
+    port = free_port()
+    ray = [Path(sys.executable).with_name("ray")]
+    start = [*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
+             "--include-dashboard=false"]  # fmt: skip
+    subprocess.run(start, check=True, capture_output=True, timeout=180)
+    yield f"127.0.0.1:{port}"
+    subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_tasks_give_the_numbers_of_the_local_pool(
+    swept: Path, ray_head: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "ray"
+    assert f"{RUNS} ran, 0 cached" in finish(reproduce(out, "--ray", ray_head))
+    assert numbers(out) == numbers(swept)
+
+
+def test_an_unreachable_ray_cluster_is_one_clear_error(tmp_path: Path) -> None:
+    for address, message in [
+        (f"127.0.0.1:{free_port()}", "error: cannot reach the Ray cluster at 127.0.0.1:"),
+        ("nohost", "error: --ray nohost: expected host:port of the Ray head"),
+    ]:
+        proc = reproduce(tmp_path / "x", "--ray", address)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and stderr.startswith(message), stderr
+
+
+def test_bad_grids_are_one_clear_error(tmp_path: Path) -> None:
+    for extra, message in [
+        (["--method", "dqn"], "error: unknown method 'dqn'"),
+        (["--failure-prob", "1.5"], "error: failure probabilities must lie in [0, 1)"),
+        (["--bandwidth", "-1"], "error: W=-1 MHz"),
+    ]:
+        proc = reproduce(tmp_path / "bad", *extra)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and stderr.startswith(message), stderr
+    assert not (tmp_path / "bad" / "REPORT.md").exists()
+
+
+# -- the numbers behind the figures ---------------------------------------------------------
+
+
+def test_ci95_is_students_t_interval_by_hand() -> None:
+    mean, half = ci95([1.0, 2.0, 3.0])  # sd 1, n 3, t(0.975, 2) = 4.302653
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
+    assert ci95([5.0])[1] == 0.0
+    assert np.isnan(ci95([1.0, np.nan])[0])
+
+
+def test_weighted_sums_are_scaled_onto_the_papers_range() -> None:
+    series = {
+        "a": (np.array([2.0, 4.0]), np.array([0.2, 0.0])),
+        "b": (np.array([3.0, np.nan]), np.zeros(2)),
+    }
+    scaled = normalise(series)
+    np.testing.assert_allclose(scaled["a"][0], [0.1, 1.0])
+    np.testing.assert_allclose(scaled["a"][1], [0.2 * 0.9 / 2, 0.0])
+    assert scaled["b"][0][0] == pytest.approx(0.55) and np.isnan(scaled["b"][0][1])
+
+
+def test_claims_are_judged_at_every_point() -> None:
+    methods = ["ucb-coma", "coma", "cs-ucb", "random"]
+
+    def series(*rows: list[float]) -> dict:
+        return {
+            m: (np.array(v, float), np.zeros(len(v))) for m, v in zip(methods, rows, strict=True)
+        }
+
+    rewards = [("Fig. 5", ["W=5", "W=6"], series([9, 9], [8, 7], [7, 8], [1, 1]))]
+    costs = [("Fig. 6", ["W=5", "W=6"], series([1, 1], [2, 2], [3, 3], [np.nan, np.nan]))]
+    gains = {m: (np.array([0.5]), np.array([1.0])) for m in methods}
+    ucb, coma, cs, low = check_claims(methods, rewards, costs, gains)
+    assert ucb.verdict == "holds" and cs.verdict == "holds" and low.verdict == "holds"
+    assert coma == Verdict(
+        "COMA is second on reward",
+        "does not hold",
+        "fails at 1 of 2: Fig. 5 W=6: ucb-coma 9 > cs-ucb 8 > coma 7 > random 1",
+    )
+    gains["random"] = (np.array([3.0]), np.array([1.0]))
+    assert check_claims(methods, rewards, costs, gains)[3].verdict == "does not hold"
+
+
+def test_reference_reward_is_what_the_environment_pays_for_the_same_schedule() -> None:
+    # With one task the environment executes dispatches exactly in the order given.
+    sc = scenario_with(1)
+    env = OffloadEnv(sc)
+    for e, row in enumerate(evaluate_scheduler("heft", sc, seed=3, episodes=4)):
+        seed = episode_seed(3, EVAL, e)
+        inst = sample_instance(sc, np.random.default_rng(seed))
+        order = evaluate(inst, heft(inst, np.random.default_rng(seed))).order
+        env.reset(seed=0, options={"instance": inst})
+        for d in order:
+            env.step({env.possible_agents[0]: d.subtask * env.layout.servers + d.server})
+        assert env.summary()["violations_precedence"] == 0
+        assert row["reward"] == pytest.approx(env.summary()["reward"], rel=1e-12)
+        assert row["objective"] == pytest.approx(env.summary()["objective"], rel=1e-12)
