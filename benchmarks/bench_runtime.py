@@ -1,0 +1,214 @@
+"""Benchmark the runtime against local llama.cpp servers with tiny random-weight models.
+
+    python benchmarks/bench_runtime.py [--rounds 3] [--seconds 4] [--capacity 8]
+
+Starts four servers (three edges and the cloud of the paper scenario, one thread each),
+then prints three tables:
+
+1. orchestration overhead per subtask: the real time of a subtask minus the endpoint's
+   own time (llama.cpp's ``total time``, read from the server's verbose log), split into
+   the executor's scheduling gap (ready -> call sent) and the HTTP stack (call time
+   minus llama.cpp's time: httpx, uvicorn, FastAPI, llama-cpp-python's Python layer);
+2. prediction error before and after calibration: on held-out probe calls, and on the
+   subtasks of real workflow requests;
+3. requests per second the service sustains before it answers 503: an open-loop ramp of
+   request rates, each for ``--seconds``, stopping at the first rate that gets a 503.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from llmoffload.runtime.calibrate import Sample, fit, measure, prediction_error, trace_error
+from llmoffload.runtime.deployment import Bound, load_deployment
+from llmoffload.runtime.executor import Batch, Executor, Request, planner
+from llmoffload.runtime.local import free_port, llama_servers, write_deployment
+from llmoffload.runtime.service import create_app
+
+SERVERS = ["edge-text", "edge-image", "edge-audio", "cloud"]
+WORKFLOWS = ["text-analysis", "image-analysis", "audio-analysis", "vqa", "audio-text"]
+RATES = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64)  # offered requests per second
+TOTAL = re.compile(rb"llama_perf_context_print:\s+total time =\s+([\d.]+) ms")
+
+
+def own_times(log: Path) -> list[float]:
+    """llama.cpp's own seconds for every completion a server has logged, in order."""
+    return [float(ms) / 1e3 for ms in TOTAL.findall(log.read_bytes())]
+
+
+def ready_time(batch: Batch, k: int) -> float:
+    """When step k could have been sent: its inputs were in and its edge was free."""
+    step = batch.steps[k]
+    by_key = {(s.task, s.subtask): s for s in batch.steps}
+    preds = batch.instance.tasks[step.task].subtasks[step.subtask].preds
+    ends = [by_key[step.task, p].done.end for p in preds]
+    server = step.done.server
+    if batch.instance.scenario.servers[server].kind == "edge":
+        ends += [a.end for s in batch.steps[:k] for a in s.attempts if a.server == server]
+    return max(ends, default=0.0)
+
+
+def overhead(bound: Bound, logs: dict[str, Path]) -> dict[str, list[float]]:
+    """Run every workflow once, alone, and split each subtask's time into its parts."""
+    names = [s.name for s in bound.scenario.servers]
+    seen = {name: len(own_times(log)) for name, log in logs.items()}
+
+    async def go() -> list[Batch]:
+        async with httpx.AsyncClient() as client:
+            ex = Executor(bound, planner("heft"), client)
+            return [await ex.run([Request(workflow=w, text="Check the pump.")]) for w in WORKFLOWS]
+
+    batches = asyncio.run(go())
+    time.sleep(0.5)  # let the servers flush their logs
+    own = {name: own_times(log)[seen[name] :] for name, log in logs.items()}
+    parts: dict[str, list[float]] = {"gap": [], "http": [], "own": [], "total": []}
+    for batch in batches:
+        # a server logs its calls in the order it served them: match them by start time
+        for k in sorted(range(len(batch.steps)), key=lambda k: batch.steps[k].done.start):
+            step = batch.steps[k]
+            done = step.done
+            server_own = own[names[done.server]].pop(0)
+            gap = done.start - ready_time(batch, k)
+            http = done.end - done.start - server_own
+            parts["gap"].append(gap)
+            parts["http"].append(http)
+            parts["own"].append(server_own)
+            parts["total"].append(gap + http)
+    return parts
+
+
+def calibration(bound: Bound, rounds: int) -> list[list[str]]:
+    async def go() -> tuple[list[Sample], list[Sample], list[Batch]]:
+        async with httpx.AsyncClient() as client:
+            fitting = await measure(client, bound, rounds)
+            held_out = await measure(client, bound, rounds)
+            ex = Executor(bound, planner("heft"), client)
+            runs = [await ex.run([Request(workflow=w, text="Check it.")]) for w in WORKFLOWS]
+            return fitting, held_out, runs
+
+    fitting, held_out, batches = asyncio.run(go())
+    fitted = fit(bound, fitting)
+    rows = [
+        [
+            "held-out probe calls",
+            prediction_error(bound.scenario, bound, held_out),
+            prediction_error(fitted, bound, held_out),
+        ],
+        [
+            "workflow subtasks",
+            statistics.fmean(trace_error(b, bound.scenario) for b in batches),
+            statistics.fmean(trace_error(b, fitted) for b in batches),
+        ],
+    ]
+    speeds = ", ".join(f"{s.name} {s.ghz:.3g} GHz" for s in fitted.servers)
+    print(f"fitted speeds: {speeds}")
+    return [[name, f"{b * 1e3:.2f}", f"{a * 1e3:.2f}"] for name, b, a in rows]
+
+
+@contextmanager
+def serving(bound: Bound, capacity: int) -> Iterator[str]:
+    port = free_port()
+    app = create_app(bound, planner("heft"), capacity)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1/requests"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+async def offered(url: str, rate: float, seconds: float) -> tuple[int, int, float, float]:
+    """Send requests at ``rate`` per second for ``seconds``: (ok, 503s, ok/s, median s)."""
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=512)) as client:
+        latencies: list[float] = []
+        codes: list[int] = []
+
+        async def one(k: int) -> None:
+            began = time.perf_counter()
+            body = {"workflow": WORKFLOWS[k % len(WORKFLOWS)], "text": "Inspect it."}
+            reply = await client.post(url, json=body)
+            codes.append(reply.status_code)
+            if reply.status_code == 200:
+                latencies.append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        jobs = []
+        for k in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, began + k / rate - time.perf_counter()))
+            jobs.append(asyncio.ensure_future(one(k)))
+        await asyncio.gather(*jobs)
+        elapsed = time.perf_counter() - began
+    ok, full = codes.count(200), codes.count(503)
+    return ok, full, ok / elapsed, statistics.median(latencies) if latencies else float("nan")
+
+
+def throughput(bound: Bound, capacity: int, seconds: float) -> list[list[str]]:
+    rows = []
+    with serving(bound, capacity) as url:
+        for rate in RATES:
+            ok, full, per_s, median = asyncio.run(offered(url, rate, seconds))
+            rows.append([f"{rate:g}", str(ok), str(full), f"{per_s:.2f}", f"{median:.3f}"])
+            if full:
+                break
+    return rows
+
+
+def show(title: str, header: list[str], rows: list[list[str]]) -> None:
+    from llmoffload.cli import table
+
+    print(f"\n{title}\n{table(header, rows)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="calibration calls per size")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per offered rate")
+    parser.add_argument("--capacity", type=int, default=8, help="service admission limit")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with llama_servers(SERVERS, work, verbose=True) as servers:
+            bound = load_deployment(write_deployment(work / "deployment.yaml", servers))
+            print(f"deployment: {len(servers)} llama.cpp servers, tiny random model, max_tokens 8")
+            parts = overhead(bound, {name: work / f"{name}.log" for name in servers})
+            show(
+                f"per-subtask time, ms (n = {len(parts['total'])}, heft, one request at a time)",
+                ["part", "mean", "median", "max"],
+                [
+                    [
+                        name,
+                        *(f"{f(v) * 1e3:.2f}" for f in (statistics.fmean, statistics.median, max)),
+                    ]
+                    for name, v in parts.items()
+                ],
+            )
+            show(
+                "mean |real - predicted| per subtask, ms",
+                ["measured on", "paper scenario", "calibrated"],
+                calibration(bound, args.rounds),
+            )
+            show(
+                f"service, capacity {args.capacity}, {args.seconds:g} s per offered rate",
+                ["offered/s", "200", "503", "served/s", "median s"],
+                throughput(bound, args.capacity, args.seconds),
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The runtime's commands: ``run`` one request, ``calibrate`` a deployment, ``serve`` it.
+
+Plain functions with Typer parameters; ``cli.py`` registers them. This module imports
+only what the core has, so the command line loads without the ``runtime`` extra; each
+command checks for the extra first. Bad input raises OffloadError, which the command
+line prints as one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+import yaml
+
+from llmoffload.errors import OffloadError
+from llmoffload.files import write_text_atomic
+
+if TYPE_CHECKING:
+    from llmoffload.runtime.calibrate import Sample
+    from llmoffload.runtime.executor import Batch
+
+EXTRA = ("httpx", "fastapi", "uvicorn")
+
+DeploymentOption = Annotated[
+    Path, typer.Option("--deployment", help="Deployment YAML: an endpoint per server.")
+]
+PolicyOption = Annotated[
+    str, typer.Option(help="A scheduler (heft, greedy, optimal, ...) or a trained run directory.")
+]
+
+
+def require_extra() -> None:
+    """One clear error instead of an ImportError when the runtime extra is missing."""
+    missing = [m for m in EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OffloadError(
+            f"the runtime needs {', '.join(missing)}: pip install 'llmoffload[runtime]'"
+        )
+
+
+def run_cmd(
+    deployment: DeploymentOption,
+    workflow: Annotated[str, typer.Option(help="A workflow of the deployment's scenario.")],
+    text: Annotated[str, typer.Option(help="The user's request.")],
+    policy: PolicyOption = "heft",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    gantt: Annotated[
+        Path | None, typer.Option(help="Draw real vs predicted Gantt charts (.png, .pdf, .svg).")
+    ] = None,
+) -> None:
+    """Run one request on the real endpoints; print its answer and per-subtask trace."""
+    require_extra()
+    import httpx
+
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.executor import Executor, Request, planner
+    from llmoffload.runtime.trace import draw_real_vs_predicted, result_json, trace_table
+
+    bound = load_deployment(deployment)
+    plan = planner(policy)
+    if gantt is not None:
+        from llmoffload.gantt import check_format  # matplotlib only when asked
+
+        check_format(gantt)
+    if not text.strip():
+        raise OffloadError("--text must not be empty")
+    request = Request(workflow=workflow, text=text)
+
+    async def go() -> Batch:
+        async with httpx.AsyncClient() as client:
+            return await Executor(bound, plan, client).run([request])
+
+    batch = asyncio.run(go())
+    (result,) = batch.results
+    if gantt is not None:
+        draw_real_vs_predicted(batch, gantt)
+    if as_json:
+        typer.echo(json.dumps(result_json(batch, result)))
+    else:
+        typer.echo(f"answer: {result.answer}" if result.error is None else "no answer")
+        typer.echo(f"planned in {batch.plan_s:.3f} s, ran in {batch.wall_s:.3f} s\n")
+        typer.echo(trace_table(batch))
+    if result.error is not None:
+        raise OffloadError(result.error)
+
+
+def calibrate_cmd(
+    deployment: DeploymentOption,
+    out: Annotated[Path, typer.Option("--out", help="Scenario YAML to write.")],
+    rounds: Annotated[int, typer.Option(min=1, help="Calls per endpoint and prompt size.")] = 3,
+) -> None:
+    """Measure every endpoint and write a scenario whose server speeds fit them."""
+    require_extra()
+    import httpx
+
+    from llmoffload.runtime.calibrate import fit, measure, prediction_error
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.executor import EndpointError
+
+    bound = load_deployment(deployment)
+
+    async def go() -> tuple[list[Sample], list[Sample]]:
+        async with httpx.AsyncClient() as client:
+            return await measure(client, bound, rounds), await measure(client, bound, rounds)
+
+    try:
+        fitting, held_out = asyncio.run(go())
+    except EndpointError as exc:
+        raise OffloadError(f"calibration needs every endpoint up: {exc}") from None
+    fitted = fit(bound, fitting)
+    write_text_atomic(out, yaml.safe_dump(fitted.model_dump(), sort_keys=False))
+    before = prediction_error(bound.scenario, bound, held_out)
+    after = prediction_error(fitted, bound, held_out)
+    typer.echo(f"wrote {out}: scenario {fitted.name}")
+    for default, server in zip(bound.scenario.servers, fitted.servers, strict=True):
+        typer.echo(f"  {server.name}: {default.ghz:g} GHz -> {server.ghz:.4g} GHz")
+    typer.echo(
+        f"mean |measured - predicted| per call on {len(held_out)} held-out calls: "
+        f"{before * 1e3:.2f} ms before, {after * 1e3:.2f} ms after"
+    )
+
+
+def serve_cmd(
+    deployment: DeploymentOption,
+    policy: PolicyOption = "heft",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    capacity: Annotated[
+        int, typer.Option(min=1, help="Requests admitted at once; one more gets 503.")
+    ] = 8,
+) -> None:
+    """Serve the deployment over HTTP: POST /v1/requests, GET /health."""
+    require_extra()
+    import uvicorn
+
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.executor import planner
+    from llmoffload.runtime.service import create_app
+
+    app = create_app(load_deployment(deployment), planner(policy), capacity)
+    with socket.socket() as probe:  # a taken port is bad input, not a uvicorn log line
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OffloadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    uvicorn.run(app, host=host, port=port, log_level="warning")

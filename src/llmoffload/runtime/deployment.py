@@ -1,0 +1,165 @@
+"""Deployment files: which real endpoint plays each server of a scenario.
+
+A deployment binds every server of a scenario (built-in name, or a YAML path relative to
+the deployment file) to an OpenAI-compatible endpoint. The scenario the policy plans with
+is the deployment's view of it: each server's modalities and price as the endpoint offers
+them (a subset of the scenario's; the cloud must still serve every modality).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from llmoffload.errors import OffloadError
+from llmoffload.scenario import (
+    BUILTIN,
+    Model,
+    NonNegative,
+    Positive,
+    Scenario,
+    load_scenario,
+    one_line,
+    parse_scenario,
+)
+
+DEFAULT_TEMPLATES = {
+    "analysis": "Plan the steps for this request.\nRequest: {request}\n",
+    "subtask": "Do the {modality} step '{node}' of this request.\n"
+    "Request: {request}\nEarlier results:\n{context}\n",
+    "aggregation": "Combine the results into one answer.\nRequest: {request}\n"
+    "Results:\n{context}\n",
+}
+FIELDS = ("request", "node", "modality", "context")
+
+
+class Endpoint(Model):
+    """One OpenAI-compatible server playing one scenario server."""
+
+    base_url: str
+    model: str = Field(min_length=1)
+    api: Literal["chat", "completions"] = "chat"
+    modalities: Annotated[list[str], Field(min_length=1)] | None = None  # default: the server's
+    usd_per_ghz: NonNegative | None = None  # default: the scenario server's price
+    timeout_s: Positive = 30.0
+    concurrency: Annotated[int, Field(gt=0)] | None = None  # default: edge 1, cloud 16
+    distance_m: Positive | None = None  # edges: device-edge distance; default mid-range
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ValueError(f"'{url}' has a bad port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'{url}' is not an http(s) URL with a host")
+        return url.rstrip("/")
+
+
+class Deployment(Model):
+    """Endpoints for every server, generation settings, and the per-stage prompts."""
+
+    scenario: str = "paper"
+    endpoints: dict[str, Endpoint] = Field(min_length=1)
+    max_tokens: Annotated[int, Field(gt=0)] = 64
+    temperature: NonNegative = 0.0
+    templates: dict[Literal["analysis", "subtask", "aggregation"], str] = dict(DEFAULT_TEMPLATES)
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _merge(cls, value: object) -> object:
+        """A file may override some stages; the others keep their defaults."""
+        return {**DEFAULT_TEMPLATES, **value} if isinstance(value, dict) else value
+
+    @field_validator("templates")
+    @classmethod
+    def _placeholders(cls, templates: dict[str, str]) -> dict[str, str]:
+        for stage, text in templates.items():
+            try:
+                text.format(**dict.fromkeys(FIELDS, ""))
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"template '{stage}' has a bad placeholder {exc} "
+                    f"(allowed: {', '.join('{' + f + '}' for f in FIELDS)})"
+                ) from None
+        return templates
+
+
+class Bound:
+    """A validated deployment with its effective scenario, one endpoint per server index."""
+
+    def __init__(self, deployment: Deployment, scenario: Scenario) -> None:
+        self.deployment = deployment
+        self.scenario = scenario
+        self.endpoints = [deployment.endpoints[s.name] for s in scenario.servers]
+        self.concurrency = [
+            e.concurrency or (1 if s.kind == "edge" else 16)
+            for e, s in zip(self.endpoints, scenario.servers, strict=True)
+        ]
+        span = scenario.network.channel.distance_m
+        self.distances_m = [
+            e.distance_m or (span.low + span.high) / 2
+            for e, s in zip(self.endpoints, scenario.servers, strict=True)
+            if s.kind == "edge"
+        ]
+
+
+def bind(deployment: Deployment, base: Scenario, source: str) -> Bound:
+    """Check the deployment against the scenario and build the scenario the policy sees."""
+    names = [s.name for s in base.servers]
+    for name in deployment.endpoints:
+        if name not in names:
+            raise OffloadError(
+                f"{source}: endpoint '{name}' is not a server of scenario '{base.name}' "
+                f"(servers: {', '.join(names)})"
+            )
+    servers = []
+    for server in base.servers:
+        ep = deployment.endpoints.get(server.name)
+        if ep is None:
+            raise OffloadError(f"{source}: server '{server.name}' has no endpoint")
+        if server.kind == "edge" and ep.concurrency not in (None, 1):
+            raise OffloadError(
+                f"{source}: edge '{server.name}' must have concurrency 1 (edges are FIFO queues "
+                "in the execution model)"
+            )
+        if server.kind == "cloud" and ep.distance_m is not None:
+            raise OffloadError(f"{source}: the cloud '{server.name}' takes no distance_m")
+        modalities = ep.modalities or server.modalities
+        extra = [m for m in modalities if m not in server.modalities]
+        if extra:
+            raise OffloadError(
+                f"{source}: endpoint '{server.name}' lists modality '{extra[0]}', which the "
+                f"scenario's server does not serve ({', '.join(server.modalities)})"
+            )
+        price = server.usd_per_ghz if ep.usd_per_ghz is None else ep.usd_per_ghz
+        servers.append(server.model_dump() | {"modalities": modalities, "usd_per_ghz": price})
+    data = base.model_dump() | {"servers": servers}
+    return Bound(deployment, parse_scenario(data, f"{source} (scenario '{base.name}')"))
+
+
+def load_deployment(path: str | Path) -> Bound:
+    """Read, validate and bind a deployment YAML file; every problem is one OffloadError."""
+    path = Path(path)
+    if not path.is_file():
+        raise OffloadError(f"deployment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "problem", None) or "unreadable"
+        raise OffloadError(f"{path}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise OffloadError(f"{path}: a deployment must be a mapping of fields")
+    try:
+        deployment = Deployment.model_validate(data)
+    except ValidationError as exc:
+        raise OffloadError(f"{path}: {one_line(exc)}") from None
+    spec = deployment.scenario
+    scenario = load_scenario(spec if spec in BUILTIN else path.parent / spec)
+    return bind(deployment, scenario, str(path))

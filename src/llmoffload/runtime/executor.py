@@ -1,0 +1,384 @@
+"""Run requests for real: plan with a policy, then send every subtask to its endpoint.
+
+One batch of concurrent requests becomes one ``Instance`` (sizes from the real prompts),
+the policy's dispatch order becomes the plan, and the execution model's schedule of that
+order is the prediction every real step is traced beside. Each edge runs its subtasks one
+at a time in dispatch order (one worker per edge, holding the edge's slot while it calls);
+cloud subtasks run as soon as their inputs are ready, up to the endpoint's concurrency.
+A subtask whose endpoint refuses, times out or answers garbage is retried on the cloud,
+then on any other server serving its modality; a server that failed is skipped for the
+rest of the batch. Everything is asyncio on one ``httpx.AsyncClient``: no thread per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import Field
+
+from llmoffload.errors import OffloadError
+from llmoffload.execution import Dispatch, Run, Schedule
+from llmoffload.instance import Instance, Subtask, Task
+from llmoffload.runtime.deployment import Bound, Deployment, Endpoint
+from llmoffload.scenario import Model
+
+BYTES_PER_TOKEN = 4  # a completion's expected size: max_tokens tokens of about 4 UTF-8 bytes
+
+
+class Request(Model):
+    """One user request: which workflow of the scenario, and what the user asked."""
+
+    workflow: str
+    text: str = Field(min_length=1)
+
+
+class EndpointError(Exception):
+    """An endpoint refused, timed out, or answered something that is not a completion."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One call of one subtask on one server; ``error`` is None when it succeeded."""
+
+    server: int
+    start: float
+    end: float
+    error: str | None = None
+
+
+@dataclass
+class Step:
+    """A subtask as planned, predicted and really run (seconds from the batch's start)."""
+
+    task: int
+    subtask: int
+    name: str
+    planned: int
+    predicted_start: float
+    predicted_end: float
+    attempts: list[Attempt] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    output: str | None = None
+
+    @property
+    def done(self) -> Attempt | None:
+        """The successful attempt, if any."""
+        return next((a for a in self.attempts if a.error is None), None)
+
+    @property
+    def retried(self) -> bool:
+        return len(self.attempts) > 1
+
+
+@dataclass(frozen=True)
+class Result:
+    """A request's answer (the aggregation node's completion) or why it has none."""
+
+    request: Request
+    answer: str | None
+    error: str | None
+    steps: list[Step]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Everything one ``Executor.run`` produced: plan, prediction and reality."""
+
+    instance: Instance
+    schedule: Schedule
+    results: list[Result]
+    steps: list[Step]  # every subtask, in dispatch order
+    plan_s: float
+    wall_s: float
+    started: float  # time.perf_counter() at the batch's t = 0, to line batches up
+
+
+Planner = Callable[[Instance], Schedule]
+
+
+def planner(policy: str, seed: int = 0, time_limit_s: float = 10.0) -> Planner:
+    """The policy ``--policy`` names (a scheduler or a run directory), checked now."""
+    from llmoffload.cli import resolve_policy  # cli registers this package's commands
+
+    choose = resolve_policy(policy, time_limit_s)
+    return lambda inst: choose(inst, np.random.default_rng(seed)).schedule
+
+
+def stage(has_preds: bool, is_last: bool) -> str:
+    """Which prompt template a subtask uses: the DAG's source, sink, or a middle node."""
+    if not has_preds:
+        return "analysis"
+    return "aggregation" if is_last else "subtask"
+
+
+def build_instance(bound: Bound, requests: list[Request]) -> Instance:
+    """The instance the policy plans: one task per request, sizes from the real prompts.
+
+    A subtask's input is its prompt without predecessors' outputs (known now) plus the
+    outputs it will receive, each estimated as max_tokens * BYTES_PER_TOKEN bytes; its
+    output is that same estimate. Cycles follow the scenario's cycles per bit.
+    """
+    sc, dep = bound.scenario, bound.deployment
+    out_bits = 8.0 * BYTES_PER_TOKEN * dep.max_tokens
+    tasks = []
+    for i, req in enumerate(requests):
+        flow = sc.workflows.get(req.workflow)
+        if flow is None:
+            raise OffloadError(
+                f"request {i}: unknown workflow '{req.workflow}' "
+                f"(scenario '{sc.name}' has {', '.join(sc.workflows)})"
+            )
+        order = flow.order()
+        subtasks = []
+        for name in order:
+            preds = sorted(order.index(p) for p in flow.predecessors(name))
+            template = dep.templates[stage(bool(preds), name == order[-1])]
+            prompt = render(template, req, name, flow.nodes[name], "")
+            bits = 8.0 * len(prompt.encode()) + out_bits * len(preds)
+            subtasks.append(
+                Subtask(
+                    name=name,
+                    modality=flow.nodes[name],
+                    input_bits=bits,
+                    output_bits=out_bits,
+                    cycles=sc.workload.cycles_per_bit * bits,
+                    preds=preds,
+                )
+            )
+        tasks.append(Task(workflow=req.workflow, distances_m=bound.distances_m, subtasks=subtasks))
+    return Instance(scenario=sc, tasks=tasks)
+
+
+def render(template: str, request: Request, node: str, modality: str, context: str) -> str:
+    return template.format(request=request.text, node=node, modality=modality, context=context)
+
+
+async def complete(client: httpx.AsyncClient, ep: Endpoint, dep: Deployment, prompt: str) -> Reply:
+    """One completion from one endpoint; any failure becomes an EndpointError."""
+    body: dict[str, object] = {
+        "model": ep.model,
+        "max_tokens": dep.max_tokens,
+        "temperature": dep.temperature,
+    }
+    if ep.api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    url = f"{ep.base_url}/v1/{'chat/completions' if ep.api == 'chat' else 'completions'}"
+    try:
+        resp = await client.post(url, json=body, timeout=ep.timeout_s)
+    except httpx.TimeoutException:
+        raise EndpointError(f"timed out after {ep.timeout_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise EndpointError(f"{type(exc).__name__}: {exc}") from None
+    if resp.status_code != 200:
+        raise EndpointError(f"HTTP {resp.status_code}: {' '.join(resp.text.split())[:120]}")
+    try:
+        data = resp.json()
+        choice = data["choices"][0]
+        text = choice["message"]["content"] if ep.api == "chat" else choice["text"]
+        usage = data.get("usage") or {}
+        if not isinstance(text, str):
+            raise TypeError
+        return Reply(
+            text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        )
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise EndpointError(f"not a completion: {' '.join(resp.text.split())[:120]}") from None
+
+
+class Executor:
+    """Runs batches of requests on a deployment; batches may overlap (shared edge slots)."""
+
+    def __init__(
+        self,
+        bound: Bound,
+        plan: Planner,
+        client: httpx.AsyncClient,
+        on_attempt: Callable[[Step, Attempt], None] | None = None,
+    ) -> None:
+        """``on_attempt`` sees every call as it ends (progress output, fault injection)."""
+        self.bound = bound
+        self.plan = plan
+        self.client = client
+        self.on_attempt = on_attempt
+        self.slots = [asyncio.Semaphore(c) for c in bound.concurrency]
+
+    async def call(self, server: int, prompt: str) -> Reply:
+        return await complete(
+            self.client, self.bound.endpoints[server], self.bound.deployment, prompt
+        )
+
+    async def run(self, requests: list[Request]) -> Batch:
+        """Plan the requests together, run them, and trace every subtask."""
+        if not requests:
+            raise OffloadError("no requests to run")
+        instance = build_instance(self.bound, requests)
+        began = time.perf_counter()
+        schedule = self.plan(instance)
+        plan_s = time.perf_counter() - began
+        batch = BatchRun(self, instance, requests, schedule)
+        await batch.execute()
+        steps = [batch.steps[d.task, d.subtask] for d in schedule.order]
+        results = []
+        for i, req in enumerate(requests):
+            own = [s for s in steps if s.task == i]
+            last = batch.steps[i, len(instance.tasks[i].subtasks) - 1]
+            failed = [s for s in own if s.done is None]
+            error = None
+            if failed:
+                why = failed[0].attempts[-1].error if failed[0].attempts else "a predecessor failed"
+                error = f"subtask '{failed[0].name}' failed on every server: {why}"
+            results.append(Result(req, last.output, error, own))
+        return Batch(instance, schedule, results, steps, plan_s, batch.clock(), batch.t0)
+
+
+class BatchRun:
+    """The state of one batch while it runs: outputs as futures, failed servers, the clock.
+
+    Made inside the event loop, right before ``execute``: its clock starts at creation.
+    """
+
+    def __init__(
+        self, ex: Executor, instance: Instance, requests: list[Request], schedule: Schedule
+    ) -> None:
+        self.ex = ex
+        self.instance = instance
+        self.requests = requests
+        self.order: list[Dispatch] = schedule.order
+        runs: dict[tuple[int, int], Run] = {(r.task, r.subtask): r for r in schedule.runs}
+        self.steps = {
+            key: Step(
+                r.task,
+                r.subtask,
+                instance.tasks[r.task].subtasks[r.subtask].name,
+                r.server,
+                r.start,
+                r.end,
+            )
+            for key, r in runs.items()
+        }
+        loop = asyncio.get_running_loop()
+        self.outputs = {key: loop.create_future() for key in self.steps}
+        self.down: set[int] = set()
+        self.spawned: list[asyncio.Task[None]] = []
+        self.t0 = time.perf_counter()
+
+    def clock(self) -> float:
+        return time.perf_counter() - self.t0
+
+    async def execute(self) -> None:
+        """Start a worker per edge and a job per cloud subtask; wait for every subtask."""
+        sc = self.instance.scenario
+        for k, server in enumerate(sc.servers):
+            mine = [d for d in self.order if d.server == k]
+            if server.kind == "edge":
+                self.spawn(self.edge_worker(k, mine))
+            else:
+                for d in mine:
+                    self.spawn(self.cloud_job(d))
+        finished = 0
+        while finished < len(self.spawned):  # failed calls spawn retries while others run
+            finished = len(self.spawned)
+            await asyncio.gather(*self.spawned)
+        # every output is now set; collect the failures so none is reported as unretrieved
+        await asyncio.gather(*self.outputs.values(), return_exceptions=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.spawned.append(asyncio.ensure_future(coro))
+
+    async def inputs(self, d: Dispatch) -> str | None:
+        """The predecessors' outputs as prompt context; None if one of them failed."""
+        task = self.instance.tasks[d.task]
+        parts = []
+        for p in task.subtasks[d.subtask].preds:
+            try:
+                out = await self.outputs[d.task, p]
+            except EndpointError:
+                return None
+            parts.append(f"[{task.subtasks[p].name}] {out}")
+        return "\n".join(parts)
+
+    def prompt(self, d: Dispatch, context: str) -> str:
+        task = self.instance.tasks[d.task]
+        sub = task.subtasks[d.subtask]
+        kind = stage(bool(sub.preds), d.subtask == len(task.subtasks) - 1)
+        template = self.ex.bound.deployment.templates[kind]
+        return render(template, self.requests[d.task], sub.name, sub.modality, context)
+
+    def fallbacks(self, d: Dispatch) -> list[int]:
+        """Other servers for a subtask: the cloud first, then edges serving its modality."""
+        sc = self.instance.scenario
+        modality = self.instance.tasks[d.task].subtasks[d.subtask].modality
+        others = [k for k, s in enumerate(sc.servers) if modality in s.modalities and k != sc.cloud]
+        return [k for k in [sc.cloud, *others] if k != d.server]
+
+    async def attempt(self, d: Dispatch, server: int, prompt: str) -> bool:
+        """Call one server for one subtask (holding its slot); record the outcome."""
+        step = self.steps[d.task, d.subtask]
+        if server in self.down:
+            now = self.clock()
+            self.record(step, Attempt(server, now, now, "skipped: failed earlier in batch"))
+            return False
+        async with self.ex.slots[server]:
+            start = self.clock()
+            try:
+                reply = await self.ex.call(server, prompt)
+            except EndpointError as exc:
+                self.down.add(server)
+                self.record(step, Attempt(server, start, self.clock(), str(exc)))
+                return False
+            end = self.clock()
+        step.output = reply.text
+        step.prompt_tokens, step.completion_tokens = reply.prompt_tokens, reply.completion_tokens
+        self.outputs[d.task, d.subtask].set_result(reply.text)
+        self.record(step, Attempt(server, start, end))
+        return True
+
+    def record(self, step: Step, attempt: Attempt) -> None:
+        step.attempts.append(attempt)
+        if self.ex.on_attempt is not None:
+            self.ex.on_attempt(step, attempt)
+
+    async def retry(self, d: Dispatch, prompt: str) -> None:
+        for server in self.fallbacks(d):
+            if await self.attempt(d, server, prompt):
+                return
+        self.fail(d)
+
+    def fail(self, d: Dispatch) -> None:
+        self.outputs[d.task, d.subtask].set_exception(EndpointError("no server could run it"))
+
+    async def edge_worker(self, server: int, queue: list[Dispatch]) -> None:
+        """Run an edge's subtasks one at a time, in dispatch order; hand failures on."""
+        for d in queue:
+            context = await self.inputs(d)
+            if context is None:
+                self.fail(d)
+                continue
+            prompt = self.prompt(d, context)
+            if not await self.attempt(d, server, prompt):
+                self.spawn(self.retry(d, prompt))
+
+    async def cloud_job(self, d: Dispatch) -> None:
+        context = await self.inputs(d)
+        if context is None:
+            self.fail(d)
+            return
+        prompt = self.prompt(d, context)
+        if not await self.attempt(d, d.server, prompt):
+            await self.retry(d, prompt)
