@@ -22,19 +22,15 @@ import asyncio
 import re
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from llmoffload.runtime.calibrate import Sample, fit, measure, prediction_error, trace_error
 from llmoffload.runtime.deployment import Bound, load_deployment
 from llmoffload.runtime.executor import Batch, Executor, Request, planner
-from llmoffload.runtime.local import free_port, llama_servers, write_deployment
+from llmoffload.runtime.local import llama_servers, serve_app, write_deployment
 from llmoffload.runtime.service import create_app
 
 SERVERS = ["edge-text", "edge-image", "edge-audio", "cloud"]
@@ -117,22 +113,6 @@ def calibration(bound: Bound, rounds: int) -> list[list[str]]:
     return [[name, f"{b * 1e3:.2f}", f"{a * 1e3:.2f}"] for name, b, a in rows]
 
 
-@contextmanager
-def serving(bound: Bound, capacity: int) -> Iterator[str]:
-    port = free_port()
-    app = create_app(bound, planner("heft"), capacity)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1/requests"
-    finally:
-        server.should_exit = True
-        thread.join()
-
-
 async def offered(url: str, rate: float, seconds: float) -> tuple[int, int, float, float]:
     """Send requests at ``rate`` per second for ``seconds``: (ok, 503s, ok/s, median s)."""
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=512)) as client:
@@ -160,7 +140,8 @@ async def offered(url: str, rate: float, seconds: float) -> tuple[int, int, floa
 
 def throughput(bound: Bound, capacity: int, seconds: float) -> list[list[str]]:
     rows = []
-    with serving(bound, capacity) as url:
+    with serve_app(create_app(bound, planner("heft"), capacity)) as base:
+        url = f"{base}/v1/requests"
         for rate in RATES:
             ok, full, per_s, median = asyncio.run(offered(url, rate, seconds))
             rows.append([f"{rate:g}", str(ok), str(full), f"{per_s:.2f}", f"{median:.3f}"])

@@ -11,19 +11,14 @@ import asyncio
 import itertools
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 import typer
-import uvicorn
 import yaml
-from fastapi import FastAPI
 from typer.testing import CliRunner, Result
 
 from llmoffload.cli import ReportingGroup
@@ -34,7 +29,12 @@ from llmoffload.runtime.calibrate import Sample, fit, measure, prediction_error,
 from llmoffload.runtime.commands import calibrate_cmd, run_cmd, serve_cmd
 from llmoffload.runtime.deployment import load_deployment
 from llmoffload.runtime.executor import Attempt, Batch, Executor, Request, Step, planner
-from llmoffload.runtime.local import LlamaServer, free_port, llama_servers, write_deployment
+from llmoffload.runtime.local import (
+    LlamaServer,
+    llama_servers,
+    serve_app,
+    write_deployment,
+)
 from llmoffload.runtime.service import create_app
 from llmoffload.scenario import load_scenario
 
@@ -287,25 +287,9 @@ def test_calibration_predicts_real_subtask_times_better(deployment: Path) -> Non
         assert trace_error(batch, fitted) < trace_error(batch, bound.scenario)
 
 
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Run the app on a real uvicorn server in a thread; yield its URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
-
-
 def test_service_answers_reports_and_refuses(deployment: Path) -> None:
     app = create_app(load_deployment(deployment), planner("heft"), capacity=1)
-    with serving(app) as url:
+    with serve_app(app) as url:
         health = httpx.get(f"{url}/health").json()
         assert health["status"] == "ok" and health["capacity"] == 1
         ok = httpx.post(f"{url}/v1/requests", json={"workflow": "vqa", "text": "Why?"}, timeout=60)

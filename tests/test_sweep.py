@@ -204,7 +204,8 @@ def test_claims_are_judged_at_every_point() -> None:
     assert coma == Verdict(
         "COMA is second on reward",
         "does not hold",
-        "fails at 1 of 2: Fig. 5 W=6: ucb-coma 9 > cs-ucb 8 > coma 7 > random 1",
+        "fails at 1 of 2 points, e.g. Fig. 5 W=6, best first: ucb-coma 9, cs-ucb 8, coma 7, "
+        "random 1",
     )
     gains["random"] = (np.array([3.0]), np.array([1.0]))
     assert check_claims(methods, rewards, costs, gains)[3].verdict == "does not hold"

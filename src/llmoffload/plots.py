@@ -28,19 +28,20 @@ def ema(values: np.ndarray, alpha: float = 0.05) -> np.ndarray:
 def reward_curve(
     curves: dict[str, Sequence[float] | np.ndarray], path: str | Path, alpha: float = 0.05
 ) -> None:
-    """Episode reward per method (paper Fig. 4): the EMA of the seed mean as a line, the
-    raw seed mean shaded around it, and with several seeds (rows) a dashed 95% CI band
-    of the per-seed EMAs."""
+    """Episode reward per method (paper Fig. 4): the EMA of the seed mean as a line over
+    the raw seed mean, faint; with several seeds (rows), the 95% CI of the per-seed EMAs
+    shaded around the line."""
     fig, ax = canvas(1)
     for name, values in curves.items():
         raw = np.atleast_2d(np.asarray(values, dtype=float))
         x = np.arange(raw.shape[1])
         smooth, half = ci95(np.stack([ema(r, alpha) for r in raw]))
-        (line,) = ax[0].plot(x, smooth, label=name, linewidth=1.8)
-        ax[0].fill_between(x, raw.mean(0), smooth, color=line.get_color(), alpha=0.15, lw=0)
+        (line,) = ax[0].plot(x, smooth, label=name, linewidth=1.8, zorder=3)
+        ax[0].plot(x, raw.mean(0), color=line.get_color(), linewidth=0.6, alpha=0.3)
         if len(raw) > 1:
-            for bound in (smooth - half, smooth + half):
-                ax[0].plot(x, bound, color=line.get_color(), linewidth=0.8, linestyle="--")
+            ax[0].fill_between(
+                x, smooth - half, smooth + half, color=line.get_color(), alpha=0.15, linewidth=0
+            )
     ax[0].set_xlabel("episode")
     ax[0].set_ylabel("episode reward (sum over agents)")
     save(fig, ax, path)
