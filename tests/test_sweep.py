@@ -20,7 +20,7 @@ from llmoffload.execution import evaluate
 from llmoffload.heuristics import heft
 from llmoffload.instance import sample_instance
 from llmoffload.report import Verdict, check_claims, normalise
-from llmoffload.stats import ci95
+from llmoffload.stats import ci95, trend
 from llmoffload.sweep import Grid, RunSpec, execute, plan
 from llmoffload.training import EVAL, episode_seed, evaluate_scheduler
 
@@ -198,8 +198,7 @@ def test_claims_are_judged_at_every_point() -> None:
 
     rewards = [("Fig. 5", ["W=5", "W=6"], series([9, 9], [8, 7], [7, 8], [1, 1]))]
     costs = [("Fig. 6", ["W=5", "W=6"], series([1, 1], [2, 2], [3, 3], [np.nan, np.nan]))]
-    gains = {m: (np.array([0.5]), np.array([1.0])) for m in methods}
-    ucb, coma, cs, low = check_claims(methods, rewards, costs, gains)
+    ucb, coma, cs, low = check_claims(methods, rewards, costs, random_trend=(0.5, 1.0))
     assert ucb.verdict == "holds" and cs.verdict == "holds" and low.verdict == "holds"
     assert coma == Verdict(
         "COMA is second on reward",
@@ -207,8 +206,17 @@ def test_claims_are_judged_at_every_point() -> None:
         "fails at 1 of 2 points, e.g. Fig. 5 W=6, best first: ucb-coma 9, cs-ucb 8, coma 7, "
         "random 1",
     )
-    gains["random"] = (np.array([3.0]), np.array([1.0]))
-    assert check_claims(methods, rewards, costs, gains)[3].verdict == "does not hold"
+    low = check_claims(methods, rewards, costs, random_trend=(3.0, 1.0))[3]
+    assert low.verdict == "does not hold" and low.evidence.endswith("change over training: 3 ± 1")
+
+
+def test_trend_is_the_least_squares_change_with_its_t_interval() -> None:
+    # y = 1, 3, 1, 3 at x = 0..3: slope 2 / 5, residual SSE 3.2, Sxx 5, t(0.975, 2) = 4.302653
+    change, half = trend(np.array([1.0, 3.0, 1.0, 3.0]))
+    assert change == pytest.approx(0.4 * 4)
+    assert half == pytest.approx(4.302653 * np.sqrt(3.2 / 2 / 5) * 4, rel=1e-6)
+    change, half = trend(np.array([[0.0, 2.0, 4.0], [0.0, 2.0, 4.0]]))  # two seeds, slope 2
+    assert change == pytest.approx(6.0) and half == pytest.approx(0.0, abs=1e-9)
 
 
 def test_reference_reward_is_what_the_environment_pays_for_the_same_schedule() -> None:

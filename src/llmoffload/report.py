@@ -24,7 +24,7 @@ import numpy as np
 
 from llmoffload.files import write_text_atomic
 from llmoffload.plots import Panel, line_chart, reward_curve
-from llmoffload.stats import ci95
+from llmoffload.stats import ci95, trend
 from llmoffload.sweep import REFERENCES, Grid, Outcome, RunSpec
 
 TAIL = 50  # training episodes averaged into a learner's "average reward"
@@ -42,7 +42,6 @@ class Record:
     failure_prob: float
     seed: int
     reward: float
-    gain: float  # last window's mean reward minus the first's: learning, or its absence
     objective: float
     curve: tuple[float, ...]
 
@@ -52,14 +51,12 @@ def record(result: dict[str, Any]) -> Record:
     if curve:
         window = max(1, min(TAIL, len(curve) // 2))
         reward = float(np.mean(curve[-window:]))
-        gain = reward - float(np.mean(curve[:window]))
     else:
-        reward, gain = float(np.mean(held["reward"])), float("nan")
+        reward = float(np.mean(held["reward"]))
     keys = ("method", "bandwidth_mhz", "deadline_s", "failure_prob", "seed")
     return Record(
         **{k: spec[k] for k in keys},
         reward=reward,
-        gain=gain,
         objective=float(np.mean(held["objective"])),
         curve=tuple(curve),
     )
@@ -265,8 +262,8 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
     reward_figs = [("Fig. 4", ["base"], at_base["average reward"])]
     reward_figs += [(f.title[:6], f.axis.labels(), tables[f.name]) for f in lines if not f.scaled]
     cost_figs = [(f.title[:6], f.axis.labels(), tables[f.name]) for f in lines if f.scaled]
-    gains = base.series(records, methods, lambda r: r.gain)
-    verdicts = check_claims(methods, reward_figs, cost_figs, gains)
+    drift = trend(curves["random"]) if "random" in curves else None
+    verdicts = check_claims(methods, reward_figs, cost_figs, drift)
     write_text_atomic(out / "REPORT.md", markdown(grid, specs, outcome, sections, verdicts))
 
 
@@ -336,50 +333,39 @@ def check(
 
 
 def check_claims(
-    methods: list[str], reward_figs: Points, cost_figs: Points, gains: Series
+    methods: list[str],
+    reward_figs: Points,
+    cost_figs: Points,
+    random_trend: tuple[float, float] | None,
 ) -> list[Verdict]:
     """The paper's four claims, each against every point it speaks of.
 
-    "Best" is the highest reward and the lowest weighted sum. The weighted sum
-    ranks only methods that finish their episodes (not Random). "Flat" means
-    Random's gain (mean reward of its last training window minus its first)
-    has a 95% interval over seeds that contains 0.
+    "Best" is the highest reward and the lowest weighted sum; the weighted sum ranks
+    only methods that finish their episodes (not Random). "Flat" means the 95%
+    interval of Random's change over training (``stats.trend``) contains 0.
     """
+
+    def at(rank: int, method: str) -> Callable[[list[tuple[str, float]]], bool]:
+        """Whether ``method`` holds place ``rank`` (-1: last) of a ranking."""
+        need = rank + 1 if rank >= 0 else -rank
+        return lambda order: len(order) >= need and order[rank][0] == method
+
     ucb = check(
         "UCB-COMA is best on every figure",
         ["ucb-coma"],
         methods,
         reward_figs,
         True,
-        lambda o: bool(o) and o[0][0] == "ucb-coma",
+        at(0, "ucb-coma"),
     )
-    ucb_cost = check(
-        "", ["ucb-coma"], methods, cost_figs, False, lambda o: bool(o) and o[0][0] == "ucb-coma"
-    )
-    both = (
-        ucb
-        if ucb.verdict == "not tested"
-        else Verdict(
-            ucb.claim,
-            "holds" if ucb.verdict == ucb_cost.verdict == "holds" else "does not hold",
-            f"reward figures: {ucb.evidence}; weighted-sum figures: {ucb_cost.evidence}",
-        )
-    )
-    coma = check(
-        "COMA is second on reward",
-        ["coma"],
-        methods,
-        reward_figs,
-        True,
-        lambda o: len(o) > 1 and o[1][0] == "coma",
-    )
+    coma = check("COMA is second on reward", ["coma"], methods, reward_figs, True, at(1, "coma"))
     cs = check(
         "CS-UCB has the highest weighted sum",
         ["cs-ucb"],
         methods,
         cost_figs,
         False,
-        lambda o: bool(o) and o[-1][0] == "cs-ucb",
+        at(-1, "cs-ucb"),
     )
     low = check(
         "Random is flat and lowest on reward",
@@ -387,18 +373,24 @@ def check_claims(
         methods,
         reward_figs,
         True,
-        lambda o: bool(o) and o[-1][0] == "random",
+        at(-1, "random"),
     )
-    if low.verdict != "not tested":
-        mean, half = (float(v[0]) for v in gains["random"])
-        flat = abs(mean) <= half
-        low = Verdict(
-            low.claim,
-            "holds" if flat and low.verdict == "holds" else "does not hold",
-            f"lowest: {low.evidence}; gain {mean:.4g} ± {half:.4g} "
-            f"({'flat' if flat else 'not flat'})",
+    if ucb.verdict != "not tested":
+        cost = check("", [], methods, cost_figs, False, at(0, "ucb-coma"))
+        ucb = joined(ucb, "reward figures", cost, "weighted-sum figures")
+    if low.verdict != "not tested" and random_trend is not None:
+        change, half = random_trend
+        flat = Verdict(
+            "", "holds" if abs(change) <= half else "does not hold", f"{change:.3g} ± {half:.2g}"
         )
-    return [both, coma, cs, low]
+        low = joined(low, "lowest", flat, "change over training")
+    return [ucb, coma, cs, low]
+
+
+def joined(a: Verdict, a_name: str, b: Verdict, b_name: str) -> Verdict:
+    """A claim of two parts holds if both do."""
+    verdict = "holds" if a.verdict == b.verdict == "holds" else "does not hold"
+    return Verdict(a.claim, verdict, f"{a_name}: {a.evidence}; {b_name}: {b.evidence}")
 
 
 # -- REPORT.md ------------------------------------------------------------------------------

@@ -20,3 +20,17 @@ def ci95(values: np.ndarray | list[float], axis: int = 0) -> tuple[np.ndarray, n
         return mean, np.zeros_like(mean)
     sem = v.std(axis=axis, ddof=1) / np.sqrt(n)
     return mean, stats.t.ppf(0.975, n - 1) * sem
+
+
+def trend(curves: np.ndarray) -> tuple[float, float]:
+    """How much the reward changes over a run, and the half-width of its 95% interval.
+
+    The least-squares slope of reward on episode, every seed's episodes pooled (rows),
+    times the run's length: a flat curve's interval contains 0. All episodes count,
+    not just two windows, so one lucky stretch does not make a curve look sloped.
+    """
+    curves = np.atleast_2d(curves)
+    episodes = curves.shape[1]
+    fit = stats.linregress(np.tile(np.arange(episodes), len(curves)), curves.ravel())
+    half = stats.t.ppf(0.975, curves.size - 2) * fit.stderr
+    return fit.slope * episodes, half * episodes
