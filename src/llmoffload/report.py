@@ -127,28 +127,15 @@ def normalise(series: Series) -> Series:
 
 def figures(grid: Grid) -> tuple[Axis, list[Figure], Axis]:
     """The base point of Fig. 4, Figs. 5-8, and Fig. 9's axis, for this grid."""
-    w, t = grid.bandwidth_mhz, grid.deadline_s
-    bandwidth = Axis(
-        "bandwidth_mhz",
-        "bandwidth W (MHz)",
-        "W",
-        grid.bandwidths_mhz,
-        {"deadline_s": t, "failure_prob": 0.0},
-    )
-    deadline = Axis(
-        "deadline_s",
-        "deadline T_max (s)",
-        "T_max",
-        grid.deadlines_s,
-        {"bandwidth_mhz": w, "failure_prob": 0.0},
-    )
-    failure = Axis(
-        "failure_prob",
-        "edge failure probability",
-        "p",
-        grid.failure_probs,
-        {"bandwidth_mhz": w, "deadline_s": t},
-    )
+    held = {"bandwidth_mhz": grid.bandwidth_mhz, "deadline_s": grid.deadline_s, "failure_prob": 0.0}
+
+    def axis(field: str, label: str, short: str, xs: tuple[float, ...]) -> Axis:
+        """``field`` varied over ``xs``, every other setting held at the base."""
+        return Axis(field, label, short, xs, {k: v for k, v in held.items() if k != field})
+
+    bandwidth = axis("bandwidth_mhz", "bandwidth W (MHz)", "W", grid.bandwidths_mhz)
+    deadline = axis("deadline_s", "deadline T_max (s)", "T_max", grid.deadlines_s)
+    failure = axis("failure_prob", "edge failure probability", "p", grid.failure_probs)
     base = Axis("failure_prob", "", "p", (0.0,), failure.fixed)
     return base, pair(5, "bandwidth", bandwidth) + pair(7, "deadline", deadline), failure
 
