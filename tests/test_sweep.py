@@ -19,7 +19,7 @@ from llmoffload.env import OffloadEnv
 from llmoffload.execution import evaluate
 from llmoffload.heuristics import heft
 from llmoffload.instance import sample_instance
-from llmoffload.report import Verdict, check_claims, normalise
+from llmoffload.report import Record, Verdict, check_claims, normalise, ratio_to
 from llmoffload.stats import ci95, trend
 from llmoffload.sweep import Grid, RunSpec, execute, plan
 from llmoffload.training import EVAL, episode_seed, evaluate_scheduler
@@ -186,6 +186,16 @@ def test_weighted_sums_are_scaled_onto_the_papers_range() -> None:
     np.testing.assert_allclose(scaled["a"][0], [0.1, 1.0])
     np.testing.assert_allclose(scaled["a"][1], [0.2 * 0.9 / 2, 0.0])
     assert scaled["b"][0][0] == pytest.approx(0.55) and np.isnan(scaled["b"][0][1])
+
+
+def test_ratio_to_optimal_pairs_the_same_instances() -> None:
+    def run(method: str, seed: int, objectives: tuple[float, ...]) -> Record:
+        return Record(method, 6.0, 3.0, 0.0, seed, 0.0, float(np.mean(objectives)), (), objectives)
+
+    ratio = ratio_to([run("optimal", 0, (1.0, 2.0)), run("optimal", 1, (4.0, 4.0))])
+    assert ratio(run("coma", 0, (1.5, 2.0))) == pytest.approx((1.5 / 1 + 2 / 2) / 2)
+    assert ratio(run("coma", 1, (5.0, 4.0))) == pytest.approx((5 / 4 + 1) / 2)
+    assert np.isnan(ratio(run("coma", 2, (1.0, 1.0))))  # no Optimal for that seed
 
 
 def test_claims_are_judged_at_every_point() -> None:
