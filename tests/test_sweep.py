@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,9 @@ from llmoffload.execution import evaluate
 from llmoffload.heuristics import heft
 from llmoffload.instance import sample_instance
 from llmoffload.report import Record, Verdict, check_claims, normalise, ratio_to
+from llmoffload.runtime.local import free_port
 from llmoffload.stats import ci95, trend
-from llmoffload.sweep import Grid, RunSpec, execute, plan
+from llmoffload.sweep import Grid, execute, plan
 from llmoffload.training import EVAL, episode_seed, evaluate_scheduler
 
 TINY = [
@@ -112,7 +113,7 @@ def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path: Path) -> No
                 failure_probs=(0.0,), failure_method="random", seeds=(0,), episodes=2,
                 eval_episodes=1)  # fmt: skip
     good = [s for s in plan(grid) if s.method == "random"]
-    bad = RunSpec(**{**good[0].__dict__, "method": "no-such-method"})
+    bad = replace(good[0], method="no-such-method")
     outcome = execute([bad, *good], tmp_path, workers=1, progress=False)
     assert list(outcome.failures) == [bad.key]
     assert "unknown algorithm 'no-such-method'" in outcome.failures[bad.key]
@@ -128,12 +129,6 @@ def ray_head() -> str:
     subprocess.run(start, check=True, capture_output=True, timeout=180)
     yield f"127.0.0.1:{port}"
     subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ray_tasks_give_the_numbers_of_the_local_pool(
@@ -190,7 +185,7 @@ def test_weighted_sums_are_scaled_onto_the_papers_range() -> None:
 
 def test_ratio_to_optimal_pairs_the_same_instances() -> None:
     def run(method: str, seed: int, objectives: tuple[float, ...]) -> Record:
-        return Record(method, 6.0, 3.0, 0.0, seed, 0.0, float(np.mean(objectives)), (), objectives)
+        return Record(method, 6.0, 3.0, 0.0, seed, 0.0, (), objectives)
 
     ratio = ratio_to([run("optimal", 0, (1.0, 2.0)), run("optimal", 1, (4.0, 4.0))])
     assert ratio(run("coma", 0, (1.5, 2.0))) == pytest.approx((1.5 / 1 + 2 / 2) / 2)

@@ -6,11 +6,14 @@ truncated instance, schedule or figure behind for a later step to trust.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -39,3 +42,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` all at once (see ``replacing``)."""
     with replacing(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], float_format: str = "") -> None:
+    """Rows as a CSV file, columns in first-seen order, written at once; floats formatted
+    with ``float_format`` when one is given (``str`` otherwise, which round-trips)."""
+    buf = io.StringIO()
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    if float_format:
+        rows = [
+            {k: format(v, float_format) if isinstance(v, float) else v for k, v in row.items()}
+            for row in rows
+        ]
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())

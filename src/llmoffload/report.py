@@ -13,8 +13,6 @@ What the figures show (SPEC §6; choices in docs/assumptions.md):
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from llmoffload.files import write_text_atomic
+from llmoffload.files import write_csv, write_text_atomic
 from llmoffload.plots import Panel, line_chart, reward_curve
 from llmoffload.stats import ci95, trend
 from llmoffload.sweep import REFERENCES, Grid, Outcome, RunSpec
 
 TAIL = 50  # training episodes averaged into a learner's "average reward"
+CSV_FLOATS = ".6g"  # the figures' CSVs: enough digits for any plot, diff-friendly
 SHOWN = 2  # failing points a claim's verdict spells out; the tables hold the rest
 Series = dict[str, tuple[np.ndarray, np.ndarray]]  # method -> (means, CI half-widths) per x
 
@@ -42,9 +41,13 @@ class Record:
     failure_prob: float
     seed: int
     reward: float
-    objective: float
     curve: tuple[float, ...]
     objectives: tuple[float, ...]  # per held-out instance, in the seed's instance order
+
+    @property
+    def objective(self) -> float:
+        """The held-out weighted sum: NaN if any instance was left undone."""
+        return float(np.mean(self.objectives))
 
 
 def record(result: dict[str, Any]) -> Record:
@@ -58,7 +61,6 @@ def record(result: dict[str, Any]) -> Record:
     return Record(
         **{k: spec[k] for k in keys},
         reward=reward,
-        objective=float(np.mean(held["objective"])),
         curve=tuple(curve),
         objectives=tuple(held["objective"]),
     )
@@ -130,12 +132,17 @@ def objective(r: Record) -> float:
 class Figure:
     """A figure of methods against one axis: its file, what it plots, and how."""
 
+    number: int  # the paper's
     name: str
-    title: str
+    caption: str
     axis: Axis
     metric: Callable[[Record], float]
     ylabel: str
     scaled: bool  # onto [0.1, 1], as the paper's weighted-sum figures
+
+    @property
+    def title(self) -> str:
+        return f"Fig. {self.number}: {self.caption}"
 
 
 def normalise(series: Series) -> Series:
@@ -165,16 +172,18 @@ def pair(k: int, name: str, axis: Axis) -> list[Figure]:
     """A setting's two figures, as the paper pairs them: reward, then the weighted sum."""
     return [
         Figure(
+            k,
             f"fig{k}_{name}_reward",
-            f"Fig. {k}: average reward vs {name}",
+            f"average reward vs {name}",
             axis,
             reward,
             "average reward",
             False,
         ),
         Figure(
+            k + 1,
             f"fig{k + 1}_{name}_weighted_sum",
-            f"Fig. {k + 1}: weighted latency + cost vs {name}",
+            f"weighted latency + cost vs {name}",
             axis,
             objective,
             "weighted sum, normalised",
@@ -213,7 +222,7 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
         for mean, half in [ci95(c)]
         for e in range(c.shape[1])
     ]
-    write_csv(out / "fig4_reward_curves.csv", rows)
+    write_csv(out / "fig4_reward_curves.csv", rows, CSV_FLOATS)
     at_base = {
         name: base.series(records, every, metric)
         for name, metric in (
@@ -245,7 +254,7 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
                 r | {"normalised": s["mean"], "normalised_ci95": s["ci95"]}
                 for r, s in zip(rows, scaled, strict=True)
             ]
-        write_csv(out / f"{fig.name}.csv", rows)
+        write_csv(out / f"{fig.name}.csv", rows, CSV_FLOATS)
         sections.append((fig.title, fig.name, table(raw, fig.axis.labels())))
 
     one = [grid.failure_method]
@@ -260,6 +269,7 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
     write_csv(
         out / "fig9_failures.csv",
         [{"metric": name} | r for name, s in fail.items() for r in long_rows(failure, s)],
+        CSV_FLOATS,
     )
     sections.append(
         (
@@ -272,11 +282,16 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
     )
 
     reward_figs = [("Fig. 4", ["base"], at_base["average reward"])]
-    reward_figs += [(f.title[:6], f.axis.labels(), tables[f.name]) for f in lines if not f.scaled]
-    cost_figs = [(f.title[:6], f.axis.labels(), tables[f.name]) for f in lines if f.scaled]
+    reward_figs += [point(f, tables) for f in lines if not f.scaled]
+    cost_figs = [point(f, tables) for f in lines if f.scaled]
     drift = trend(curves["random"]) if "random" in curves else None
     verdicts = check_claims(methods, reward_figs, cost_figs, drift)
     write_text_atomic(out / "REPORT.md", markdown(grid, specs, outcome, sections, verdicts))
+
+
+def point(fig: Figure, tables: dict[str, Series]) -> tuple[str, list[str], Series]:
+    """A figure as the claims see it: its number, its x labels and its numbers."""
+    return f"Fig. {fig.number}", fig.axis.labels(), tables[fig.name]
 
 
 def long_rows(axis: Axis, series: Series) -> list[dict[str, Any]]:
@@ -286,17 +301,6 @@ def long_rows(axis: Axis, series: Series) -> list[dict[str, Any]]:
         for m, (mean, half) in series.items()
         for k, x in enumerate(axis.xs)
     ]
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    names = list(dict.fromkeys(k for row in rows for k in row)) or ["method"]
-    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(
-        {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows
-    )
-    write_text_atomic(path, buf.getvalue())
 
 
 # -- the paper's claims (SPEC §6, last line) ------------------------------------------------

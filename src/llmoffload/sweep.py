@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,9 @@ class Grid:
             raise OffloadError("at least one seed is needed")
         if self.episodes < 1 or self.eval_episodes < 1:
             raise OffloadError("episodes and held-out episodes must be at least 1")
+        base = load_scenario(self.scenario)
         for w, t in self.settings():
-            variant(load_scenario(self.scenario), w, t)  # raises on a bad W or T_max
+            variant(base, w, t)  # raises on a bad W or T_max
 
     def settings(self) -> list[tuple[float, float]]:
         """Every (bandwidth, deadline) a figure needs, the shared one once."""
@@ -95,7 +97,7 @@ class RunSpec:
     time_limit_s: float  # 0 for learners, whose numbers it does not change
     scenario: str = field(repr=False)
 
-    @property
+    @cached_property  # a frozen dataclass: hashed once, on first use
     def key(self) -> str:
         """A hash of everything that decides this run's numbers."""
         learned = LEARNERS.get(self.method)
@@ -114,11 +116,8 @@ class RunSpec:
         )
 
     def resolved_scenario(self) -> Scenario:
-        return variant(parse_scenario(json.loads(self.scenario), "sweep"), *self.setting)
-
-    @property
-    def setting(self) -> tuple[float, float]:
-        return self.bandwidth_mhz, self.deadline_s
+        base = parse_scenario(json.loads(self.scenario), "sweep")
+        return variant(base, self.bandwidth_mhz, self.deadline_s)
 
 
 def variant(base: Scenario, bandwidth_mhz: float, deadline_s: float) -> Scenario:
@@ -247,8 +246,9 @@ def execute(
                 out.failures[spec.key] = f"{spec.name}: {type(exc).__name__}: {exc}"
                 bar.write(f"failed: {out.failures[spec.key]}")
             else:
-                result_path(root, spec).parent.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(result_path(root, spec), json.dumps(result) + "\n")
+                path = result_path(root, spec)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, json.dumps(result) + "\n")
                 out.results[spec.key] = result
                 out.ran += 1
             bar.update()

@@ -9,8 +9,6 @@ episode e uses instance seed ``(seed, 0, e)`` and evaluation episode e uses
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, fields
@@ -24,7 +22,7 @@ from tqdm import tqdm
 from llmoffload.env import OffloadEnv, outcome, run_reward
 from llmoffload.errors import OffloadError
 from llmoffload.execution import Schedule, evaluate
-from llmoffload.files import replacing, write_text_atomic
+from llmoffload.files import replacing, write_csv, write_text_atomic
 from llmoffload.instance import Instance, sample_instance
 from llmoffload.learner import Learner, Transition
 from llmoffload.methods import LEARNERS
@@ -151,7 +149,7 @@ def train(
                 board.add_scalar(f"episode/{key}", row[key], e)
     if board:
         board.close()
-    write_text_atomic(out / "episodes.csv", to_csv(rows))
+    write_csv(out / "episodes.csv", rows)
     with replacing(out / "checkpoint.pt") as tmp:
         torch.save({**meta, "learner": learner.state_dict()}, tmp)
     from llmoffload.plots import reward_curve  # matplotlib only when writing figures
@@ -167,14 +165,6 @@ def tensorboard(out: Path) -> Any:
     except ImportError:
         return None
     return SummaryWriter(str(out / "tensorboard"))
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def load_run(run: Path) -> tuple[dict[str, Any], Any, OffloadEnv]:
@@ -244,7 +234,7 @@ def evaluate_run(
             for name in ("heft", "optimal"):
                 row[name] = scheduler_schedule(name, inst, seed, time_limit_s)[0].objective
         rows.append(row)
-    write_text_atomic(run / "evaluation.csv", to_csv(rows))
+    write_csv(run / "evaluation.csv", rows)
     return rows
 
 
