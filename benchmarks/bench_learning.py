@@ -1,11 +1,16 @@
-"""Benchmark the environment and the learners on the paper scenario.
+"""Benchmark the learners on the paper scenario, under both protocols.
 
     python benchmarks/bench_learning.py [--algos ucb-coma coma ...] [--seeds 0 1 2]
-        [--episodes 700] [--eval-episodes 50] [--out runs/bench]
+        [--protocols paper masked] [--episodes 700] [--eval-episodes 50]
+        [--workers 2] [--out runs/bench]
 
-Prints env steps per second, the decision latency of one joint action, and,
-per method, the wall time of a training run and its greedy objective on
-held-out instances as ratios to HEFT and to Optimal (mean and spread over seeds).
+Per protocol and method, over the seeds: the wall time of a training run, the mean
+reward of its last 50 episodes (mean ± sd, and the worst seed), the change over
+training (least-squares trend, seeds pooled, with its 95% interval), undone subtasks
+per episode in the last 50, and the greedy objective on held-out instances as ratios
+to HEFT and to Optimal. Runs go to a process pool: with more than one worker the wall
+times include the others' load. The speed of the environment and of acting is
+``benchmarks/bench_speed.py``'s.
 """
 
 from __future__ import annotations
@@ -13,89 +18,83 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from llmoffload.env import OffloadEnv
 from llmoffload.methods import LEARNERS
 from llmoffload.scenario import load_scenario
-from llmoffload.training import evaluate_run, make_config, new_learner, train
+from llmoffload.stats import trend
+from llmoffload.training import PROTOCOLS, evaluate_run, make_config, train
 
 
-def env_steps_per_second(seconds: float = 3.0) -> float:
-    """Joint steps per second with uniformly random valid actions (5 agents)."""
-    env = OffloadEnv(load_scenario("paper"))
-    rng = np.random.default_rng(0)
-    steps, began = 0, time.perf_counter()
-    obs, _ = env.reset(seed=0)
-    while time.perf_counter() - began < seconds:
-        if not env.agents:
-            obs, _ = env.reset()
-        actions = {a: int(rng.choice(np.flatnonzero(obs[a]["action_mask"]))) for a in env.agents}
-        obs, *_ = env.step(actions)
-        steps += 1
-    return steps / (time.perf_counter() - began)
-
-
-def decision_ms(algo: str, repeats: int = 300) -> float:
-    """Milliseconds for one joint action of the paper's 5 agents (exploring)."""
-    env = OffloadEnv(load_scenario("paper"))
-    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
-    obs, _ = env.reset(seed=0)
-    state = env.state().reshape(len(env.possible_agents), -1)
-    masks = np.stack([obs[a]["action_mask"] for a in env.possible_agents])
-    active = np.ones(len(env.possible_agents), bool)
+def one_run(algo: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train and evaluate one run; its numbers."""
+    torch.set_num_threads(1)
+    run = args.out / f"{algo}-{protocol}-seed{seed}"
     began = time.perf_counter()
-    for _ in range(repeats):
-        learner.act(state, active, masks, True)
-    return (time.perf_counter() - began) / repeats * 1e3
+    config = make_config(algo, {}, protocol)
+    rows = train(algo, load_scenario("paper"), args.episodes, seed, run, config, progress=False)
+    wall = time.perf_counter() - began
+    ev = evaluate_run(run, args.eval_episodes, args.time_limit, progress=False)
+    return {
+        "wall": wall,
+        "curve": [r["reward"] for r in rows],
+        "undone": statistics.fmean(r["undone"] for r in rows[-50:]),
+        "to_heft": float(np.mean([r["objective"] / r["heft"] for r in ev])),
+        "to_opt": float(np.mean([r["objective"] / r["optimal"] for r in ev])),
+    }
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 4) -> str:
     """Mean ± sd over seeds; NaN when a method leaves episodes undone (the paper's Random)."""
     if any(np.isnan(values)):
-        return "NaN (undone)"
+        return "undone"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", nargs="+", default=list(LEARNERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     parser.add_argument("--episodes", type=int, default=700)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--time-limit", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
 
-    print(f"env: {env_steps_per_second():,.0f} joint steps/s (5 agents, random valid actions)")
-    for algo in args.algos:
-        print(f"{algo}: {decision_ms(algo):.2f} ms per joint action (5 agents)")
+    cases = [(a, p, s) for p in args.protocols for a in args.algos for s in args.seeds]
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = {case: pool.submit(one_run, *case, args) for case in cases}
+        done = {case: future.result() for case, future in futures.items()}
 
-    scenario = load_scenario("paper")
     print(
-        f"\n{args.episodes} training episodes, {args.eval_episodes} held-out episodes, "
-        f"seeds {args.seeds}"
+        f"{args.episodes} training episodes, {args.eval_episodes} held-out episodes, "
+        f"seeds {args.seeds}, {args.workers} worker(s)"
     )
-    print("| method | train s (mean) | last-50 reward | ratio to HEFT | ratio to Optimal |")
-    print("|---|---:|---:|---:|---:|")
-    for algo in args.algos:
-        walls, rewards, to_heft, to_opt = [], [], [], []
-        for seed in args.seeds:
-            run = args.out / f"{algo}-seed{seed}"
-            began = time.perf_counter()
-            rows = train(algo, scenario, args.episodes, seed, run, make_config(algo, {}))
-            walls.append(time.perf_counter() - began)
-            rewards.append(statistics.fmean(r["reward"] for r in rows[-50:]))
-            ev = evaluate_run(run, args.eval_episodes, args.time_limit)
-            to_heft.append(float(np.mean([r["objective"] / r["heft"] for r in ev])))
-            to_opt.append(float(np.mean([r["objective"] / r["optimal"] for r in ev])))
+    for protocol in args.protocols:
+        print(f"\n### protocol: {protocol}\n")
         print(
-            f"| {algo} | {statistics.fmean(walls):.0f} | {spread(rewards)} "
-            f"| {spread(to_heft)} | {spread(to_opt)} |"
+            "| method | train s | last-50 reward | worst seed | change over training "
+            "| undone (last 50) | ratio to HEFT | ratio to Optimal |"
         )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for algo in args.algos:
+            runs = [done[(algo, protocol, s)] for s in args.seeds]
+            last = [statistics.fmean(r["curve"][-50:]) for r in runs]
+            change, half = trend(np.array([r["curve"] for r in runs]))
+            print(
+                f"| {algo} | {statistics.fmean(r['wall'] for r in runs):.0f} "
+                f"| {spread(last, 1)} | {min(last):.1f} | {change:.1f} ± {half:.1f} "
+                f"| {statistics.fmean(r['undone'] for r in runs):.2f} "
+                f"| {spread([r['to_heft'] for r in runs])} "
+                f"| {spread([r['to_opt'] for r in runs])} |"
+            )
 
 
 if __name__ == "__main__":

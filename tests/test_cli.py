@@ -366,6 +366,31 @@ def test_usage_errors_stay_typers(instance_file: Path) -> None:
     assert cli("schedule", instance_file).exit_code == 2  # --policy missing
 
 
+# --- training protocols -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "mask"),
+    [
+        ([], False),
+        (["--protocol", "masked"], True),
+        (["--protocol", "masked", "--set", "mask=no"], False),
+    ],
+)
+def test_train_protocol_sets_the_mask_and_set_overrides_it(
+    tmp_path: Path, extra: list[str], mask: bool
+) -> None:
+    run = tmp_path / "run"
+    assert_ok(cli("train", "--algo", "random", "--episodes", 1, "--out", run, *extra))
+    assert json.loads((run / "config.json").read_text())["config"] == {"mask": mask}
+
+
+def test_train_unknown_protocol(tmp_path: Path) -> None:
+    result = cli("train", "--protocol", "fair", "--out", tmp_path / "run")
+    assert_one_line_error(result, "unknown protocol 'fair' (choose from paper, masked)")
+    assert not (tmp_path / "run").exists()
+
+
 # --- the installed command, in a real process ------------------------------------------------
 
 

@@ -61,7 +61,7 @@ class Recording:
     """Wraps a learner; checks every chosen action against the mask it was chosen under."""
 
     def __init__(self, inner: CsUcb) -> None:
-        self.inner, self.progress = inner, 0.0
+        self.inner, self.config, self.progress = inner, inner.config, 0.0
         self.decisions = self.down_seen = 0
 
     def act(

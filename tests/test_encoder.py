@@ -4,7 +4,11 @@
 layers + ``global_mean_pool`` + a linear head compute on each task's DAG
 (edges predecessor -> successor, self-loops, symmetric normalisation), with
 padding nodes ignored. The PyG comparisons run on real observations of the
-paper environment, where tasks have 4 or 5 subtasks padded to J = 5.
+paper environment, where tasks have 4 or 5 subtasks padded to J = 5. The actors
+stack every agent's encoder and layers into one batched pass, and the COMA critic
+applies its first layer in parts; the last tests check that each agent still
+computes what its own weights compute alone, and the critic what its concatenated
+input gives.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from llmoffload.encoder import TaskEncoder, normalised_adjacency
+from llmoffload.encoder import AgentLinear, TaskEncoder, normalised_adjacency
 from llmoffload.env import OffloadEnv
+from llmoffload.nets import Actors, Critic, masked_log_softmax
 from llmoffload.scenario import load_scenario
 
 
@@ -187,3 +192,97 @@ def test_matches_pyg_with_leading_batch_dims() -> None:
     assert got.shape == (4, 5, 16)
     want = PygEncoder(dense)(pyg_batch(nodes.flatten(0, 1), adj.flatten(0, 1)))
     torch.testing.assert_close(got.flatten(0, 1), want, rtol=0, atol=1e-6)
+
+
+# -- one encoder and actor per agent, stacked ----------------------------------------------
+
+
+def test_agent_linear_is_one_nn_linear_per_agent() -> None:
+    """Same draws as nn.Linear, agent after agent, and agent i's rows see only its weights."""
+    torch.manual_seed(3)
+    plain = [torch.nn.Linear(7, 3) for _ in range(4)]
+    torch.manual_seed(3)
+    stacked = AgentLinear(4, 7, 3)
+    x = torch.randn(4, 2, 6, 7)
+    for i, lin in enumerate(plain):
+        assert torch.equal(stacked.weight[i], lin.weight.t())
+        assert torch.equal(stacked.bias[i, 0], lin.bias)
+        torch.testing.assert_close(stacked(x)[i], lin(x[i]), rtol=0, atol=1e-6)
+
+
+def plain_actor(actors: Actors, i: int, obs: torch.Tensor) -> torch.Tensor:
+    """Agent i's joint log-probabilities from its weights alone, in plain modules: the
+    single-agent TaskEncoder (checked against PyG above) and ``F.linear``."""
+    layout = actors.layout
+    enc = TaskEncoder(layout.node_features)
+    with torch.no_grad():
+        stacked = dict(actors.encoder.named_parameters())
+        for name, plain in enc.named_parameters():
+            own = stacked[name][i]
+            own = own.t() if name.endswith("weight") else own  # stored (in, out)
+            plain.copy_(own.reshape(plain.shape))
+    p, servers, nodes, adj = layout.split(obs)
+    h = torch.cat([p, servers.flatten(-2), enc(nodes, adj)], -1)
+
+    def linear(layer: AgentLinear, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, layer.weight[i].t(), layer.bias[i, 0])
+
+    for layer in actors.body[::2]:  # Linear, ReLU, Linear, ReLU, Linear; ReLU after each
+        h = torch.relu(linear(layer, h))
+    sub = torch.log_softmax(linear(actors.subtask_head, h), -1)
+    loc = torch.log_softmax(linear(actors.location_head, h), -1)
+    return (sub.unsqueeze(-1) + loc.unsqueeze(-2)).flatten(-2)
+
+
+def test_batched_actors_match_each_agent_alone() -> None:
+    torch.manual_seed(4)
+    env, obs = paper_observations(range(6), steps=2)
+    obs = obs.view(-1, 5, env.layout.size)  # (B, I, O): joint observations of 5 agents
+    actors = Actors(env.layout, 5, hidden=32)
+    masks = (torch.rand(len(obs), 5, env.layout.actions) < 0.3).to(torch.int8)
+    with torch.no_grad():
+        batched = actors.log_pi(obs)
+        masked = actors.log_pi(obs, masks)
+        single = actors.log_pi(obs[0])
+        for i in range(5):
+            alone = plain_actor(actors, i, obs[:, i])
+            torch.testing.assert_close(batched[:, i], alone, rtol=0, atol=1e-6)
+            torch.testing.assert_close(actors.agent(i, obs[:, i]), alone, rtol=0, atol=1e-6)
+            torch.testing.assert_close(single[i], alone[0], rtol=0, atol=1e-6)
+            want = masked_log_softmax(alone, masks[:, i])
+            torch.testing.assert_close(masked[:, i], want, rtol=0, atol=1e-6)
+    assert batched.shape == (len(obs), 5, env.layout.actions)
+    assert not torch.allclose(batched[:, 0], batched[:, 1])  # the agents' weights differ
+
+
+def test_critic_in_parts_equals_the_concatenated_input() -> None:
+    """The COMA critic's first layer, applied in parts, gives what it gives on EPyMARL's
+    concatenated input [S, o_i, one-hot A^-i (own slot zeroed), id_i]."""
+    torch.manual_seed(5)
+    env, obs = paper_observations(range(8), steps=0)
+    n, actions = 5, env.layout.actions
+    state = obs.view(-1, n * env.layout.size)
+    b = len(state)
+    critic = Critic(env.layout, n, hidden=32)
+    joint = torch.randint(-1, actions, (b, n))  # -1: inactive
+    onehot = torch.nn.functional.one_hot(joint.clamp(min=0), actions) * (joint >= 0).unsqueeze(-1)
+    others = onehot.unsqueeze(1).expand(b, n, n, actions) * (1 - torch.eye(n).view(1, n, n, 1))
+    ids = torch.eye(n).expand(b, n, n)
+    x = torch.cat(
+        [state.unsqueeze(1).expand(b, n, -1), obs.view(b, n, -1), others.flatten(-2), ids], -1
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(critic(state, joint), critic.net(x), rtol=0, atol=1e-5)
+
+
+def test_actors_draw_what_one_network_per_agent_drew() -> None:
+    """Same seed, same weights as building each agent's layers in turn with nn.Linear."""
+    torch.manual_seed(6)
+    actors = Actors(OffloadEnv(load_scenario("paper")).layout, 3, hidden=32)
+    layers = [m for m in actors.modules() if isinstance(m, AgentLinear)]
+    torch.manual_seed(6)
+    for i in range(3):
+        for layer in layers:  # encoder (gcn1, gcn2, head), body, subtask head, location head
+            plain = torch.nn.Linear(*layer.weight.shape[1:], bias=layer.bias is not None)
+            assert torch.equal(layer.weight[i], plain.weight.t())
+            assert layer.bias is None or torch.equal(layer.bias[i, 0], plain.bias)

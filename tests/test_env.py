@@ -25,6 +25,7 @@ from pettingzoo.test import parallel_api_test
 from llmoffload.env import VIOLATIONS, OffloadEnv
 from llmoffload.execution import evaluate
 from llmoffload.instance import Instance, Task
+from llmoffload.network import link_rates
 from llmoffload.scenario import Scenario, load_scenario
 from llmoffload.validate import violations
 
@@ -390,6 +391,81 @@ def test_observation_parts_match_the_state() -> None:
                 break
             obs, *_ = env.step(random_walk(env, obs, rng, p_valid=0.8))
     assert len(seen_down) > 3  # failures really are redrawn every step
+
+
+def per_agent_observation(env: OffloadEnv, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Agent i's observation and mask built one agent at a time from the instance and the
+    execution model's lists, as the env built them before it batched them: the reference."""
+    ex, n, sc = env.ex, env.layout, env.scenario
+    task = env.instance.tasks[i]
+    nodes = np.zeros((n.subtasks, n.node_features), np.float32)
+    adj = np.zeros((n.subtasks, n.subtasks), np.float32)
+    serves = np.zeros((n.subtasks, n.servers), bool)
+    for j, node in enumerate(task.subtasks):
+        nodes[j, 0] = 1.0
+        nodes[j, 1 + sc.modalities.index(node.modality)] = 1.0
+        nodes[j, -4:-1] = node.input_bits / 1e6, node.output_bits / 1e4, node.cycles / 1e9
+        adj[node.preds, j] = 1.0
+        serves[j] = [node.modality in srv.modalities for srv in sc.servers]
+    uplink = np.array(link_rates(sc, task.distances_m)[0], np.float32) / 1e8
+    top_ghz = max(s.ghz for s in sc.servers)
+    top_price = max(s.usd_per_ghz for s in sc.servers) or 1.0
+    static = [
+        [s.ghz / top_ghz, s.usd_per_ghz / top_price]
+        + [float(m in s.modalities) for m in sc.modalities]
+        for s in sc.servers
+    ]
+    dispatched = np.zeros(n.subtasks, np.float32)
+    dispatched[: len(ex.placed[i])] = [s >= 0 for s in ex.placed[i]]
+    nodes = nodes.copy()
+    nodes[:, -1] = dispatched
+    queue = np.array(ex.free, np.float32)
+    servers = np.column_stack([np.array(static, np.float32), uplink, queue, 1.0 - env.down])
+    obs = np.concatenate([dispatched, servers.ravel(), nodes.ravel(), adj.ravel()])
+    placed, preds = ex.placed[i], ex.tables.preds[i]
+    ready = np.zeros(n.subtasks, bool)
+    ready[: len(placed)] = [
+        s < 0 and all(placed[p] >= 0 for p in pj) for s, pj in zip(placed, preds, strict=True)
+    ]
+    mask = (ready[:, None] & serves & ~env.down).astype(np.int8).ravel()
+    return obs.astype(np.float32), mask
+
+
+def with_edges(scenario: Scenario, edges: int) -> Scenario:
+    """The scenario's edges repeated in turn up to ``edges`` edges, then its cloud."""
+    own = [s for s in scenario.servers if s.kind == "edge"]
+    servers = [own[k % len(own)].model_copy(update={"name": f"edge-{k}"}) for k in range(edges)]
+    return scenario.model_copy(update={"servers": [*servers, scenario.servers[scenario.cloud]]})
+
+
+@pytest.mark.parametrize(
+    ("tasks", "edges", "failure_prob"), [(5, 3, 0.0), (5, 3, 0.3), (2, 3, 0.5), (7, 8, 0.3)]
+)
+def test_batched_observations_equal_the_per_agent_ones(
+    tasks: int, edges: int, failure_prob: float
+) -> None:
+    """Same floats, same order, on many random steps (valid and invalid actions)."""
+    env = OffloadEnv(with_edges(with_tasks(PAPER, tasks), edges), failure_prob=failure_prob)
+    rng = np.random.default_rng(9)
+    steps = 0
+    for seed in range(40):
+        obs, _ = env.reset(seed=seed)
+        while True:
+            want = [per_agent_observation(env, i) for i in range(tasks)]
+            state = env.state()
+            assert state.dtype == np.float32
+            assert np.array_equal(state, np.concatenate([o for o, _ in want]))
+            for a in env.agents:
+                o, m = want[env.possible_agents.index(a)]
+                assert obs[a]["observation"].dtype == np.float32
+                assert obs[a]["action_mask"].dtype == np.int8
+                assert np.array_equal(obs[a]["observation"], o)
+                assert np.array_equal(obs[a]["action_mask"], m)
+            if not env.agents:
+                break
+            obs, *_ = env.step(random_walk(env, obs, rng, p_valid=0.6))
+            steps += 1
+    assert steps > 200
 
 
 def trajectory(seed: int, steps: int = 8) -> list[tuple[list[np.ndarray], list[float]]]:

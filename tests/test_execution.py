@@ -277,6 +277,27 @@ def test_sampled_sizes_follow_the_scenario() -> None:
             assert s.cycles == approx(1900 * s.input_bits)
 
 
+def test_sampling_draws_each_number_in_turn() -> None:
+    """A task's numbers, drawn in one call, are the ones drawn one call per number: the
+    workflow, then each subtask's input and output size (in order), then the distances."""
+    names = PAPER.workload.workflows
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        want = []
+        for _ in range(PAPER.workload.tasks):
+            flow = PAPER.workflows[names[int(rng.integers(len(names)))]]
+            for node in flow.order():
+                sizes = PAPER.workload.sizes[flow.nodes[node]]
+                for kbit in (sizes.input_kbit, sizes.output_kbit):
+                    want.append(float(rng.uniform(kbit.low, kbit.high)) * 1e3)
+            want += [float(d) for d in rng.uniform(50, 100, size=3)]
+        got = []
+        for task in sample_instance(PAPER, np.random.default_rng(seed)).tasks:
+            got += [bits for s in task.subtasks for bits in (s.input_bits, s.output_bits)]
+            got += task.distances_m
+        assert got == want
+
+
 def test_link_rates_at_100_m() -> None:
     """G = 100^-3 = 1e-6; SNR_ul = 0.3e-6 / 10^-7.3 = 0.3 * 10^1.3 = 5.98578694490663880...
 

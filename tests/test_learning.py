@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from llmoffload.env import OffloadEnv
 from llmoffload.execution import evaluate
 from llmoffload.heuristics import random_valid
 from llmoffload.instance import sample_instance
+from llmoffload.learner import Learner, Transition
 from llmoffload.training import (
     EVAL,
     episode_seed,
@@ -24,6 +27,7 @@ from llmoffload.training import (
     load_run,
     make_config,
     new_learner,
+    run_episode,
     train,
 )
 
@@ -33,30 +37,65 @@ def env() -> OffloadEnv:
     return OffloadEnv(scenario_with(2))
 
 
-def test_ucb_picks_the_highest_score_computed_by_hand(env: OffloadEnv) -> None:
-    learner = new_learner("ucb-coma", make_config("ucb-coma", {}), env, seed=0)
-    learner.progress = 0.25  # eps = 1.0 + (0.1 - 1.0) * 0.25
+def ucb_scores_by_hand(learner: Coma, per_agent: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """log pi(a) + eps sqrt(2 ln N_i / (n_i(a) + 1)) per agent and action, with eps
+    linear from eps_start to eps_end over training (the config's real end points)."""
+    c = learner.config
+    eps = c.eps_start + (c.eps_end - c.eps_start) * learner.progress
+    scores = []
+    for i in range(len(per_agent)):
+        with torch.no_grad():
+            logp = learner.actors.agent(i, torch.as_tensor(per_agent[i])).numpy().astype(float)
+        total = counts[i].sum()
+        scores.append(
+            [
+                logp[a] + eps * math.sqrt(2 * math.log(total) / (counts[i][a] + 1))
+                for a in range(len(logp))
+            ]
+        )
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("progress", [0.25, 1.0])  # eps 0.775, then the real eps_end 0.1
+def test_argmax_selection_picks_the_highest_score_computed_by_hand(
+    env: OffloadEnv, progress: float
+) -> None:
+    learner = new_learner("ucb-coma", make_config("ucb-coma", {"select": "argmax"}), env, seed=0)
+    assert (learner.config.eps_start, learner.config.eps_end) == (1.0, 0.1)  # as documented
+    learner.progress = progress
     counts = np.random.default_rng(1).integers(0, 30, size=learner.counts.shape).astype(float)
     learner.counts = counts.copy()
     env.reset(seed=3)
     per_agent = env.state().reshape(2, -1)
-    with torch.no_grad():
-        logp = [learner.actors[i](torch.as_tensor(per_agent[i])).numpy() for i in range(2)]
-    eps = 1.0 + (0.1 - 1.0) * 0.25
-    expected = []
-    for i in range(2):
-        total = counts[i].sum()
-        score = [
-            logp[i][a] + eps * math.sqrt(2 * math.log(total) / (counts[i][a] + 1))
-            for a in range(env.layout.actions)
-        ]
-        expected.append(int(np.argmax(score)))
+    expected = list(ucb_scores_by_hand(learner, per_agent, counts).argmax(-1))
     idle = np.ones((2, env.layout.actions), np.int8)
     chosen = learner.act(per_agent, np.array([True, True]), idle, explore=True)
     assert list(chosen) == expected
     for i in range(2):  # the tried pair's count went up by one, nothing else moved
         diff = learner.counts[i] - counts[i]
         assert diff[expected[i]] == 1 and diff.sum() == 1
+
+
+def test_default_selection_samples_the_softmax_of_the_scores(env: OffloadEnv) -> None:
+    """Frequencies of 4000 draws match softmax(log pi + eps * bonus) computed by hand."""
+    learner = new_learner("ucb-coma", make_config("ucb-coma", {}), env, seed=0)
+    learner.progress = 0.5
+    counts = np.random.default_rng(2).integers(0, 5, size=learner.counts.shape).astype(float)
+    env.reset(seed=3)
+    per_agent = env.state().reshape(2, -1)
+    scores = ucb_scores_by_hand(learner, per_agent, counts)
+    expected = np.exp(scores - scores.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    draws = 4000
+    seen = np.zeros_like(expected)
+    idle = np.ones((2, env.layout.actions), np.int8)
+    for _ in range(draws):
+        learner.counts = counts.copy()
+        chosen = learner.act(per_agent, np.array([True, True]), idle, explore=True)
+        seen[[0, 1], chosen] += 1
+    # each frequency within 4.5 binomial standard errors of its probability
+    se = np.sqrt(expected * (1 - expected) / draws)
+    assert np.all(np.abs(seen / draws - expected) <= 4.5 * se + 1e-9)
 
 
 def test_greedy_respects_the_mask_and_skips_inactive_agents(env: OffloadEnv) -> None:
@@ -68,7 +107,7 @@ def test_greedy_respects_the_mask_and_skips_inactive_agents(env: OffloadEnv) -> 
     assert chosen[1] == -1
     assert masks[0, chosen[0]] == 1
     with torch.no_grad():
-        logp = learner.actors[0](torch.as_tensor(per_agent[0])).numpy()
+        logp = learner.actors.agent(0, torch.as_tensor(per_agent[0])).numpy()
     valid = np.flatnonzero(masks[0])
     assert chosen[0] == valid[np.argmax(logp[valid])]
 
@@ -78,7 +117,7 @@ def test_actor_is_a_product_of_subtask_and_location_heads(env: OffloadEnv) -> No
     env.reset(seed=5)
     obs = torch.as_tensor(env.state().reshape(2, -1)[0])
     with torch.no_grad():
-        joint = learner.actors[0](obs).exp().reshape(env.layout.subtasks, env.layout.servers)
+        joint = learner.actors.agent(0, obs).exp().reshape(env.layout.subtasks, env.layout.servers)
     assert float(joint.sum()) == pytest.approx(1.0, abs=1e-6)
     outer = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
     assert torch.allclose(joint, outer, atol=1e-6)
@@ -136,6 +175,84 @@ def test_learning_is_real(algo: str, tmp_path: Path) -> None:
         rand.append(evaluate(inst, random_valid(inst, np.random.default_rng(e))).objective)
     assert_clearly_better(after, before, margin=0.15)
     assert_clearly_better(after, np.array(rand), margin=0.15)
+
+
+class Watched(OffloadEnv):
+    """The env, keeping the longest run of one agent choosing the same refused action."""
+
+    worst = 0
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        self.streak = dict.fromkeys(self.possible_agents, (-1, 0))  # (action, times in a row)
+        return super().reset(seed, options)
+
+    def step(self, actions: dict[str, int]) -> tuple[dict, dict, dict, dict, dict]:
+        out = super().step(actions)
+        for a, info in out[4].items():
+            last, times = self.streak[a]
+            refused = info["run"] is None
+            self.streak[a] = (
+                (actions[a], times + 1 if last == actions[a] else 1) if refused else (-1, 0)
+            )
+            self.worst = max(self.worst, self.streak[a][1])
+        return out
+
+
+@dataclass
+class Frozen:
+    """A learner that acts as in training but learns nothing."""
+
+    learner: Learner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.learner, name)
+
+    def observe(self, transition: Transition) -> None:
+        pass
+
+
+def exploring_episodes(learner: Learner, episodes: int) -> tuple[np.ndarray, int]:
+    """Each held-out episode's reward on the 2-task scenario with the learner acting as in
+    training (exploring, on the actions its protocol allows) but learning nothing, and
+    the longest run of one agent choosing the same refused action step after step."""
+    env = Watched(scenario_with(2))
+    rewards = [
+        run_episode(env, Frozen(learner), episode_seed(0, EVAL, e), True)["reward"]
+        for e in range(episodes)
+    ]
+    return np.array(rewards), env.worst
+
+
+@pytest.mark.parametrize("algo", ["ucb-coma", "coma", "mappo", "maddpg"])
+def test_no_learner_repeats_a_refused_action(algo: str, tmp_path: Path) -> None:
+    """A trained policy acting as in training never picks the same refused action more
+    than 3 times in a row, on 20 held-out instances: under the paper protocol an agent
+    does not retry an action refused in the state it is still in."""
+    train(algo, scenario_with(2), 30, 0, tmp_path, make_config(algo, {}), progress=False)
+    _, trained, _ = load_run(tmp_path)
+    assert exploring_episodes(trained, 20)[1] <= 3
+
+
+def test_the_loop_check_can_fail(env: OffloadEnv) -> None:
+    """A learner that ignores every mask and always asks for the last subtask, whose
+    predecessors never run, is refused until the step limit: the check above sees it."""
+    stubborn = new_learner("random", make_config("random", {}), env, 0)
+    stubborn.act = lambda obs, active, masks, explore: np.where(active, masks.shape[1] - 1, -1)
+    assert exploring_episodes(stubborn, 2)[1] == env.max_steps
+
+
+def test_ucb_coma_beats_its_untrained_self_and_random_on_reward(tmp_path: Path) -> None:
+    """After 150 episodes on a 2-task paper scenario (at most ~19 reward an episode),
+    UCB-COMA's exploring reward on 20 held-out instances is at least 15 above its
+    untrained self's and the paper's Random's (each about -30)."""
+    train("ucb-coma", scenario_with(2), 150, 0, tmp_path, make_config("ucb-coma", {}), False)
+    _, trained, env = load_run(tmp_path)
+    after = exploring_episodes(trained, 20)[0]
+    for algo in ("ucb-coma", "random"):
+        before = exploring_episodes(new_learner(algo, make_config(algo, {}), env, 0), 20)[0]
+        gain = after - before
+        assert gain.mean() > 15.0
+        assert gain.mean() > 2 * gain.std(ddof=1) / math.sqrt(len(gain))
 
 
 def test_cli_train_evaluate_and_schedule_with_a_run(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from llmoffload.env import OffloadEnv
 from llmoffload.execution import evaluate
 from llmoffload.heuristics import heft, random_valid
 from llmoffload.instance import sample_instance
-from llmoffload.mappo import Mappo, ValueNorm, clipped_surrogate, clipped_value_loss, gae
+from llmoffload.mappo import Mappo, clipped_surrogate, clipped_value_loss, gae
+from llmoffload.nets import ValueNorm
 from llmoffload.training import (
     EVAL,
     TRAIN,
@@ -53,14 +54,20 @@ def test_gae_by_hand() -> None:
     r = torch.tensor([[1.0], [2.0], [3.0]])
     v = torch.tensor([[0.5], [1.0], [1.5]])
     done = torch.tensor([0.0, 0.0, 1.0])
-    assert gae(r, v, done, 0.5, 0.5).flatten().tolist() == [2.03125, 3.125, 3.0]
+    none = torch.zeros(3, 1)
+    assert gae(r, v, done, none, 0.5, 0.5).flatten().tolist() == [2.03125, 3.125, 3.0]
     # An episode ending at t=0 cuts the chain: A_0 = 1 - 0.5 = 0.5, R_0 = 1.0.
     done = torch.tensor([1.0, 0.0, 1.0])
-    assert gae(r, v, done, 0.5, 0.5).flatten().tolist() == [1.0, 3.125, 3.0]
+    assert gae(r, v, done, none, 0.5, 0.5).flatten().tolist() == [1.0, 3.125, 3.0]
+    # Truncated at t=2 with V(S') = 4 bootstrapped: delta_2 = 3 + 0.5 * 4 - 1.5 = 3.5,
+    #   R_2 = 5.0; t=1: A = 1.75 + 0.25 * 3.5 = 2.625, R_1 = 3.625;
+    #   t=0 (cut by the end at t=0 as above): R_0 = 1.0.
+    cut = torch.tensor([[0.0], [0.0], [4.0]])
+    assert gae(r, v, done, cut, 0.5, 0.5).flatten().tolist() == [1.0, 3.625, 5.0]
     # The defaults, two agents: r = 1 each step, V = 0, episode of two steps.
     #   t=1: A = 1;  t=0: A = 1 + 0.99 * 0.95 * 1 = 1.9405 (agent 2 gets twice that).
     r = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
-    out = gae(r, torch.zeros(2, 2), torch.tensor([0.0, 1.0]), 0.99, 0.95)
+    out = gae(r, torch.zeros(2, 2), torch.tensor([0.0, 1.0]), torch.zeros(2, 2), 0.99, 0.95)
     assert torch.allclose(out, torch.tensor([[1.9405, 3.881], [1.0, 2.0]]))
 
 
@@ -118,19 +125,19 @@ def test_masks_give_invalid_actions_zero_probability_in_acting_and_evaluate(
     obs, masks = first_step(env, seed=3)
     assert masks.sum(-1).tolist() == [2, 2]
     active = np.array([True, True])
-    masked, plain = fresh(env, mask="true"), fresh(env)
-    sampled = np.array([masked.act(obs, active, masks, True) for _ in range(300)])
-    assert masks[[0, 1], sampled].all()  # every sampled action was valid
-    unmasked = np.array([plain.act(obs, active, masks, True) for _ in range(300)])
-    assert not masks[[0, 1], unmasked].all()  # the same actors without masks stray
+    learner, everything = fresh(env), np.ones_like(masks)
+    unmasked = np.array([learner.act(obs, active, everything, True) for _ in range(300)])
+    assert not masks[[0, 1], unmasked].all()  # allowed every action (paper protocol), it strays
+    sampled = np.array([learner.act(obs, active, masks, True) for _ in range(300)])
+    assert masks[[0, 1], sampled].all()  # allowed the valid ones, every sample is valid
 
     # evaluate_actions: invalid actions get log-probability -1e10 (probability 0), valid
     # ones the actor's own probabilities renormalised over the valid set, and the entropy
-    # is the renormalised distribution's; without masks, the actor's own log-probabilities.
+    # is the renormalised distribution's; with every action allowed, the actor's own.
     state = torch.as_tensor(obs).flatten().unsqueeze(0)
     mask = torch.as_tensor(masks).unsqueeze(0)
 
-    def every_logp(learner: Mappo) -> torch.Tensor:
+    def every_logp(mask: torch.Tensor) -> torch.Tensor:
         """(I, A): evaluate_actions' log pi of each action in turn, for both agents."""
         return torch.stack(
             [
@@ -141,9 +148,9 @@ def test_masks_give_invalid_actions_zero_probability_in_acting_and_evaluate(
         )
 
     with torch.no_grad():
-        raw = torch.stack([plain.actors[i](torch.as_tensor(obs[i])) for i in range(2)])
-        logp, plain_logp = every_logp(masked), every_logp(plain)
-        entropy = masked.evaluate_actions(state, mask, torch.zeros(1, 2, dtype=torch.long))[1]
+        raw = torch.stack([learner.actors.agent(i, torch.as_tensor(obs[i])) for i in range(2)])
+        logp, plain_logp = every_logp(mask), every_logp(torch.ones_like(mask))
+        entropy = learner.evaluate_actions(state, mask, torch.zeros(1, 2, dtype=torch.long))[1]
     valid = torch.as_tensor(masks) > 0
     assert (logp[~valid] < -1e9).all()
     renorm = raw.exp() * valid / (raw.exp() * valid).sum(-1, keepdim=True)
@@ -152,7 +159,7 @@ def test_masks_give_invalid_actions_zero_probability_in_acting_and_evaluate(
     assert torch.allclose(entropy[0], hand, atol=1e-5)
     assert torch.allclose(plain_logp, raw)
     # What acting kept for the update is the masked log-probability of what it sampled.
-    assert torch.allclose(torch.as_tensor(masked.acted[0]), logp[[0, 1], sampled[-1]])
+    assert torch.allclose(torch.as_tensor(learner.acted[0]), logp[[0, 1], sampled[-1]])
 
 
 def test_greedy_takes_the_best_valid_action_and_learns_nothing(env: OffloadEnv) -> None:
@@ -162,7 +169,7 @@ def test_greedy_takes_the_best_valid_action_and_learns_nothing(env: OffloadEnv) 
     chosen = learner.act(obs, np.array([True, False]), masks, explore=False)
     assert chosen[1] == -1 and learner.acted is None
     with torch.no_grad():
-        logp = learner.actors[0](torch.as_tensor(obs[0])).numpy()
+        logp = learner.actors.agent(0, torch.as_tensor(obs[0])).numpy()
     valid = np.flatnonzero(masks[0])
     assert chosen[0] == valid[np.argmax(logp[valid])]
     greedy_objectives(env, learner, 3)  # whole greedy episodes: nothing stored or updated

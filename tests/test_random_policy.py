@@ -37,10 +37,11 @@ def random_policy(env: OffloadEnv, seed: int = 0) -> Learner:
 
 
 class Recording:
-    """Wraps a learner; keeps every (action, mask) pair of the active agents."""
+    """Wraps a learner; keeps every action of the active agents and whether the env
+    would have executed it."""
 
-    def __init__(self, inner: Learner) -> None:
-        self.inner, self.progress = inner, 0.0
+    def __init__(self, inner: Learner, env: OffloadEnv) -> None:
+        self.inner, self.env, self.config, self.progress = inner, env, inner.config, 0.0
         self.actions: list[int] = []
         self.valid: list[int] = []
 
@@ -50,7 +51,7 @@ class Recording:
         actions = self.inner.act(obs, active, masks, explore)
         rows = np.flatnonzero(active)
         self.actions += actions[rows].tolist()
-        self.valid += masks[rows, actions[rows]].tolist()
+        self.valid += self.env.masks()[rows, actions[rows]].tolist()
         return actions
 
     def observe(self, transition: Transition) -> None:
@@ -77,7 +78,7 @@ def test_uniform_over_all_actions_in_both_modes(env: OffloadEnv, explore: bool) 
 def test_it_takes_invalid_actions_and_pays_for_them(env: OffloadEnv) -> None:
     """In real episodes most of Random's actions are invalid (masked), they are penalised as
     violations, and greedy episodes too can end with subtasks undone (objective NaN)."""
-    rec = Recording(random_policy(env))
+    rec = Recording(random_policy(env), env)
     summaries = [
         run_episode(env, rec, episode_seed(0, TRAIN, e), explore=e % 2 == 0) for e in range(20)
     ]
@@ -133,7 +134,7 @@ def test_train_load_and_evaluate_a_random_run(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--out", str(run)])
     assert result.exit_code == 0, result.output
     ckpt, learner, _ = load_run(run)
-    assert ckpt["config"] == {} and set(learner.state_dict()) == {"rng"}
+    assert ckpt["config"] == {"mask": False} and set(learner.state_dict()) == {"rng"}
     result = runner.invoke(app, ["evaluate", str(run), "--episodes", "3", "--time-limit", "5"])
     assert result.exit_code == 0, result.output
     assert "ratio to Optimal" in result.output and "nan" in result.output

@@ -1,4 +1,5 @@
-"""The reproduction sweep: every file, the cache, resuming after a kill, failures, Ray."""
+"""The reproduction sweep: every file, both protocols, the cache, resuming after a kill,
+failures, Ray."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,11 +32,13 @@ TINY = [
     "--method", "ucb-coma", "--method", "random", "--bandwidth", "5", "--bandwidth", "6",
     "--deadline", "3", "--failure-prob", "0", "--failure-prob", "0.2",
 ]  # fmt: skip
-RUNS = 2 * (2 * 2 + 1 + 2 * 2)  # seeds x (learners x W + one failure run + references x W)
+# seeds x (protocols x (learners x W + one failure run) + references x W)
+RUNS = 2 * (2 * (2 * 2 + 1) + 2 * 2)
+MASKED_RUNS = 2 * (2 * 2 + 1 + 2 * 2)  # --protocol masked alone: the same, one protocol
 FILES = [
-    *(f"fig{k}_{name}.{ext}" for k, name in [(4, "reward_curves"), (5, "bandwidth_reward"),
+    *(f"fig{k}_{name}{tag}.{ext}" for k, name in [(4, "reward_curves"), (5, "bandwidth_reward"),
       (6, "bandwidth_weighted_sum"), (7, "deadline_reward"), (8, "deadline_weighted_sum"),
-      (9, "failures")] for ext in ("png", "csv")),
+      (9, "failures")] for tag in ("", "_masked") for ext in ("png", "csv")),
     "REPORT.md",
 ]  # fmt: skip
 
@@ -74,8 +78,14 @@ def test_tiny_sweep_writes_every_file_and_a_second_run_reruns_nothing(swept: Pat
     for name in FILES:
         assert (swept / name).stat().st_size > 0, name
     report = (swept / "REPORT.md").read_text()
-    assert "| UCB-COMA is best on every figure |" in report
-    assert "| COMA is second on reward | **not tested** | coma not in the sweep |" in report
+    for protocol, tag in [("paper", ""), ("masked", "_masked")]:
+        part = report.split(f"## The {protocol} protocol\n")[1].split("\n## ")[0]
+        assert f"### The paper's claims ({protocol} protocol)" in part
+        assert "| UCB-COMA is best on every figure |" in part
+        assert "| COMA is second on reward | **not tested** | coma not in the sweep |" in part
+        assert f"### Fig. 4: training reward at the base setting ({protocol} protocol)" in part
+        assert f"![fig9_failures{tag}](fig9_failures{tag}.png)" in part
+        assert "| heft |" in part and "| optimal |" in part
     assert "Optimal is proven optimal on 8 of 8 held-out instances" in report
     before = results(swept)
     assert len(before) == RUNS
@@ -88,10 +98,34 @@ def test_a_changed_setting_reruns_only_the_runs_it_touches(swept: Path, tmp_path
     shutil.copytree(swept, out)
     before = results(out)
     stdout = finish(reproduce(out, "--bandwidth", "5.5"))
-    new = 2 * (2 + 2)  # seeds x (learners + references) at the new bandwidth
+    new = 2 * (2 * 2 + 2)  # seeds x (protocols x learners + references) at the new bandwidth
     assert f"{RUNS + new} runs: {new} ran, {RUNS} cached" in stdout
     after = results(out)
     assert {p: after[p] for p in before} == before
+
+
+def test_one_protocol_plans_only_its_runs_and_shares_the_cache(swept: Path, tmp_path: Path) -> None:
+    out = tmp_path / "masked"
+    shutil.copytree(swept, out)
+    (out / "REPORT.md").unlink()
+    stdout = finish(reproduce(out, "--protocol", "masked"))
+    assert f"{MASKED_RUNS} runs: 0 ran, {MASKED_RUNS} cached" in stdout
+    report = (out / "REPORT.md").read_text()
+    assert "## The masked protocol" in report and "(paper protocol)" not in report
+
+
+def test_the_plan_runs_each_learner_per_protocol_and_the_rest_once() -> None:
+    """CS-UCB masks under both protocols and the references do not learn: one run each."""
+    grid = Grid(methods=("ucb-coma", "cs-ucb", "random"), bandwidths_mhz=(6.0,),
+                deadlines_s=(3.0,), failure_probs=(0.0,), seeds=(0,))  # fmt: skip
+    both = plan(grid)
+    assert Counter((s.method, s.protocol) for s in both) == {
+        **{(m, p): 1 for m in ("ucb-coma", "random") for p in ("paper", "masked")},
+        **{(m, "any"): 1 for m in ("cs-ucb", "heft", "optimal")},
+    }
+    masked = plan(replace(grid, protocols=("masked",)))
+    assert {s.protocol for s in masked} == {"masked", "any"}
+    assert {s.key for s in masked} < {s.key for s in both}
 
 
 def test_a_killed_sweep_resumes_to_identical_numbers(swept: Path, tmp_path: Path) -> None:
@@ -154,10 +188,12 @@ def test_bad_grids_are_one_clear_error(tmp_path: Path) -> None:
         (["--method", "dqn"], "error: unknown method 'dqn'"),
         (["--failure-prob", "1.5"], "error: failure probabilities must lie in [0, 1)"),
         (["--bandwidth", "-1"], "error: W=-1 MHz"),
+        (["--protocol", "fair"], "error: unknown protocol 'fair' (choose from paper, masked)"),
     ]:
         proc = reproduce(tmp_path / "bad", *extra)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 2 and stderr.startswith(message), stderr
+        assert stderr.count("\n") == 1, stderr
     assert not (tmp_path / "bad" / "REPORT.md").exists()
 
 

@@ -375,6 +375,13 @@ def schedule_cmd(
         typer.echo(schedule_text(policy, instance_file, inst, outcome))
 
 
+PROTOCOL_HELP = (
+    "paper: learn which actions are valid from the penalties, as the paper (an agent does "
+    "not retry an action refused in the same state); masked: act and learn on valid "
+    "actions only (CS-UCB masks under both)."
+)
+
+
 @app.command("train")
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
@@ -387,6 +394,9 @@ def train_cmd(
     failure_prob: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Per-step probability that an edge is down.")
     ] = 0.0,
+    protocol: Annotated[
+        str, typer.Option(help=f"{PROTOCOL_HELP} --set mask=... overrides it.")
+    ] = "paper",
     settings: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable)."),
@@ -395,7 +405,7 @@ def train_cmd(
     """Train a learner; writes episodes.csv, checkpoint.pt, reward_curve.png, config.json."""
     from llmoffload.training import make_config, train  # torch only when asked
 
-    config = make_config(algo, parse_settings(settings or []))
+    config = make_config(algo, parse_settings(settings or []), protocol)
     sc = load_scenario(scenario)
     rows = train(algo, sc, episodes, seed, out, config, failure_prob)
     tail = rows[-min(50, len(rows)) :]
@@ -484,6 +494,10 @@ def reproduce_cmd(
     failure_prob: Annotated[
         list[float] | None, typer.Option(help="An edge failure probability (repeatable).")
     ] = None,
+    protocol: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Report only this protocol (repeatable; default both). {PROTOCOL_HELP}"),
+    ] = None,
 ) -> None:
     """Reproduce the paper's Figs. 4-9: every run cached; figures, CSVs and REPORT.md."""
     import time
@@ -503,6 +517,7 @@ def reproduce_cmd(
         "bandwidths_mhz": tuple(bandwidth) if bandwidth else None,
         "deadlines_s": tuple(deadline) if deadline else None,
         "failure_probs": tuple(failure_prob) if failure_prob else None,
+        "protocols": tuple(dict.fromkeys(protocol)) if protocol else None,
     }
     grid = replace(QUICK if quick else Grid(), **{k: v for k, v in given.items() if v is not None})
     if grid.failure_method not in grid.methods:  # Fig. 9 falls to the first method swept

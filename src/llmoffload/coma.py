@@ -6,17 +6,22 @@ COMA critic), a target critic, and a replay buffer of (S, A, R, S').
 
 Algorithm 1, as this file follows it:
   1-2  actors, critic and target critic; counts N_i, n_i(j, k); step = 0
-  6    act: UCB-COMA picks argmax_{j,k} log pi(j, k | s_i)
+  6    act: UCB-COMA scores every pair by log pi(j, k | s_i)
        + eps sqrt(2 ln N_i / (n_i(j, k) + 1)), eps decaying linearly over
-       training; COMA samples from pi
+       training, and samples from the softmax of the scores (the paper's
+       argmax with ``select="argmax"``: a refused action leaves the state as it
+       was, so that argmax repeats it until the step limit); COMA samples from pi
   7    store (S, A, R, S') with R the sum of the agents' rewards
-  8-11 every 32 steps: sample B transitions, update the critic on the TD
-       error (R + psi Q'(S', A') - Q(S, A))^2 with A' drawn from the current
-       actors at S', then each actor on grad log pi(a_i | s_i) (Q(S, A) - B_i),
-       B_i = sum_a' pi(a' | s_i) Q(S, (a', A^-i)), taken in expectation over
-       a_i ~ pi: sum_a grad pi(a | s_i) (Q(S, (a, A^-i)) - B_i). The critic gives
-       every own action's value in one pass, so the expectation is exact; it is
-       also the unbiased form when a_i came from UCB rather than from pi.
+  8-11 every ``update_every`` steps: sample B transitions, update the critic on
+       the TD error (y - Q(S, A))^2, y = R + psi Q'(S', A') with A' drawn from
+       the current actors at S' (bootstrapped also where the step limit cut the
+       episode), in units of y's running mean and sd (EPyMARL's
+       ``standardise_returns``); then each actor on grad log pi(a_i | s_i)
+       (Q(S, A) - B_i), B_i = sum_a' pi(a' | s_i) Q(S, (a', A^-i)), taken in
+       expectation over a_i ~ pi: sum_a grad pi(a | s_i) (Q(S, (a, A^-i)) - B_i).
+       The critic gives every own action's value in one pass, so the
+       expectation is exact; it is also the unbiased form when a_i came from
+       UCB rather than from pi
   12-13 copy the critic into the target every 10 updates
 """
 
@@ -29,8 +34,9 @@ import torch
 from torch import nn
 
 from llmoffload.env import Layout
+from llmoffload.errors import OffloadError
 from llmoffload.learner import Transition, load_parts, save_parts
-from llmoffload.nets import Actors, Critic, best_valid, sample
+from llmoffload.nets import Actors, Critic, ValueNorm, best_valid, sample
 from llmoffload.replay import ReplayBuffer
 
 
@@ -39,25 +45,40 @@ class ComaConfig:
     """Hyperparameters; the paper's where it gives them (Table 2, §4.2), else marked."""
 
     ucb: bool = True  # UCB action selection (UCB-COMA); False samples from pi (COMA)
+    # choice: "sample" draws from softmax(log pi + eps * bonus); "argmax" is Algorithm 1
+    # line 6 to the letter, which repeats a refused action forever (see docs/assumptions.md)
+    select: str = "sample"
     lr: float = 1e-3  # Table 2 (the critic's)
-    actor_lr: float = 1e-4  # choice: at 1e-3 the factored actors collapse within ~10 episodes
+    actor_lr: float = 3e-4  # choice: 1e-3 collapses the actors, 1e-4 learns too slowly
     psi: float = 0.95  # discount, Table 2
-    update_every: int = 32  # env steps between updates, Algorithm 1 line 8
+    update_every: int = 8  # choice: env steps between updates; Algorithm 1 line 8 says 32
     target_every: int = 10  # updates between target copies, Algorithm 1 line 12
     batch_size: int = 64  # choice: B is not given
     buffer_size: int = 5000  # choice: |D| is not given
     hidden: int = 128  # choice: actor/critic MLP width (the GCN's 64 is the paper's)
     eps_start: float = 1.0  # choice: UCB weight at the start, decays linearly ...
-    eps_end: float = 0.0  # ... to this at the end of training
+    eps_end: float = 0.1  # ... to this at the end of training
     grad_clip: float = 10.0  # choice: EPyMARL's default
     entropy: float = 0.01  # choice: entropy bonus keeps pi from collapsing early
-    mask: bool = (
-        False  # choice: True restricts pi to valid actions; the paper learns from penalties
-    )
+    standardise: bool = True  # choice: critic targets in running-standardised units (EPyMARL)
+    # True: act on the env's valid actions (--protocol masked); False: on every action
+    # not yet refused in the current state (the paper protocol)
+    mask: bool = False
 
 
+SELECTIONS = ("sample", "argmax")  # UCB-COMA's action selection
 # what a checkpoint holds besides the config
-PARTS = ("actors", "critic", "target", "actor_opt", "critic_opt", "counts", "steps", "updates")
+PARTS = (
+    "actors",
+    "critic",
+    "target",
+    "returns",
+    "actor_opt",
+    "critic_opt",
+    "counts",
+    "steps",
+    "updates",
+)
 
 
 class Coma:
@@ -66,6 +87,8 @@ class Coma:
     def __init__(
         self, layout: Layout, agents: int, config: ComaConfig, rng: np.random.Generator
     ) -> None:
+        if config.select not in SELECTIONS:
+            raise OffloadError(f"select={config.select}: choose from {', '.join(SELECTIONS)}")
         self.layout, self.agents, self.config, self.rng = layout, agents, config, rng
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.actors = Actors(layout, agents, config.hidden)
@@ -76,6 +99,7 @@ class Coma:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
         self.counts = np.zeros((agents, layout.actions))  # n_i(j, k); N_i is a row's sum
         self.buffer = ReplayBuffer(config.buffer_size, agents, layout.size, layout.actions, rng)
+        self.returns = ValueNorm()  # running mean and sd of the critic's targets
         self.steps = 0
         self.updates = 0
         self.progress = 0.0  # fraction of training done, for the eps schedule
@@ -83,8 +107,8 @@ class Coma:
     # -- acting ----------------------------------------------------------------
 
     def log_pi(self, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Joint log-probabilities (..., I, A); masked only with ``config.mask``."""
-        return self.actors.log_pi(obs, masks if self.config.mask else None)
+        """Joint log-probabilities (..., I, A), renormalised over the allowed actions."""
+        return self.actors.log_pi(obs, masks)
 
     def act(
         self,
@@ -93,26 +117,36 @@ class Coma:
         masks: np.ndarray,
         explore: bool,
     ) -> np.ndarray:
-        """One action per agent (-1 for inactive ones): UCB or sampled from pi when
-        exploring, without masks (the paper's agents learn from penalties); greedy
-        over the valid actions when not."""
+        """One action per agent (-1 for inactive ones). Exploring: UCB-COMA scores every
+        pair by log pi + eps * bonus and samples from the softmax of the scores (or takes
+        their argmax with ``select="argmax"``); COMA samples from pi; both over the
+        allowed actions (``training.run_episode`` says which). Not exploring: greedy
+        over the valid actions."""
         with torch.no_grad():
             logp = self.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
         if not explore:
-            choice = best_valid(logp, torch.as_tensor(masks)).numpy()
+            choice = best_valid(logp, torch.as_tensor(masks))
         elif self.config.ucb:
-            c = self.config
-            eps = c.eps_start + (c.eps_end - c.eps_start) * self.progress
-            tries = self.counts.sum(-1, keepdims=True)
-            bonus = eps * np.sqrt(2.0 * np.log(np.maximum(tries, 1.0)) / (self.counts + 1.0))
-            choice = (logp.numpy() + bonus).argmax(-1)
+            score = logp + torch.as_tensor(self.bonus(), dtype=logp.dtype)
+            if self.config.select == "argmax":
+                choice = score.argmax(-1)
+            else:
+                choice = sample(torch.log_softmax(score, -1), self.generator)
         else:
-            choice = sample(logp, self.generator).numpy()
-        choice = np.where(active, choice, -1)
+            choice = sample(logp, self.generator)
+        choice = np.where(active, choice.numpy(), -1)
         if explore:
             rows = np.flatnonzero(active)
             self.counts[rows, choice[rows]] += 1
         return choice
+
+    def bonus(self) -> np.ndarray:
+        """eps * sqrt(2 ln N_i / (n_i(j, k) + 1)) for every agent and pair (I, A), eps
+        decaying linearly with the fraction of training done."""
+        c = self.config
+        eps = c.eps_start + (c.eps_end - c.eps_start) * self.progress
+        tries = self.counts.sum(-1, keepdims=True)
+        return eps * np.sqrt(2.0 * np.log(np.maximum(tries, 1.0)) / (self.counts + 1.0))
 
     # -- learning --------------------------------------------------------------
 
@@ -127,6 +161,7 @@ class Coma:
             self.update()
 
     def update(self) -> None:
+        """Algorithm 1 lines 9-13 on one batch: the critic, the actors, maybe the target."""
         c = self.config
         b = self.buffer.sample(c.batch_size)
         n, size = self.agents, self.layout.size
@@ -134,7 +169,8 @@ class Coma:
         taken = b["actions"].clamp(min=0).unsqueeze(-1)
         active = b["active"]
 
-        # Critic: TD error on Q(S, A), target Q'(S', A') with A' ~ pi(. | S').
+        # Critic: TD error on Q(S, A), target Q'(S', A') with A' ~ pi(. | S'); with
+        # ``standardise`` the critic works in units of the targets' running mean and sd.
         with torch.no_grad():
             next_logp = self.log_pi(b["next_state"].view(-1, n, size), b["next_masks"])
             next_actions = torch.where(b["next_active"] > 0, sample(next_logp, self.generator), -1)
@@ -142,7 +178,12 @@ class Coma:
             q_next = q_next.gather(-1, next_actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             live = b["next_active"]
             v_next = (q_next * live).sum(-1) / live.sum(-1).clamp(min=1.0)
+            if c.standardise:
+                v_next = self.returns.denormalize(v_next)
             y = b["reward"] + c.psi * (1.0 - b["terminal"]) * v_next
+            if c.standardise:
+                self.returns.update(y)
+                y = self.returns.normalize(y)
         q = self.critic(b["state"], b["actions"])
         q_taken = q.gather(-1, taken).squeeze(-1)
         critic_loss = (((q_taken - y.unsqueeze(-1)) ** 2) * active).sum() / active.sum()

@@ -7,6 +7,10 @@ and a fixed order would always favour task 0). An action that breaks a
 constraint is not executed and is penalised; the paper's agents learn from
 those penalties, and the valid actions are also exposed as ``action_mask``.
 
+Observations, masks and the global state are built for all agents at once
+with NumPy: the episode's constant parts once at reset, the few entries that
+change (dispatched flags, queue delays, up flags) at every step.
+
 Edge failures: before every step each edge is independently down with
 probability ``failure_prob`` for that step (shown in the observation); a
 subtask sent to a down edge is not executed and is penalised like a modality
@@ -25,7 +29,6 @@ from pettingzoo import ParallelEnv
 
 from llmoffload.execution import Execution, Run, Schedule
 from llmoffload.instance import Instance, sample_instance
-from llmoffload.network import link_rates
 from llmoffload.scenario import Scenario
 
 Array = TypeVar("Array")  # a numpy array or a torch tensor
@@ -125,6 +128,7 @@ class OffloadEnv(ParallelEnv):
         self.max_steps = max_steps or 4 * self.layout.subtasks
         self.render_mode = render_mode
         self.possible_agents = [f"task_{i}" for i in range(scenario.workload.tasks)]
+        self._index = {a: i for i, a in enumerate(self.possible_agents)}
         self.agents: list[str] = []
         self.rng = np.random.default_rng()
         n = self.layout
@@ -146,6 +150,9 @@ class OffloadEnv(ParallelEnv):
             ],
             dtype=np.float32,
         )
+        self._edges = np.array([s.kind == "edge" for s in sc.servers])
+        self._modality = {m: k for k, m in enumerate(sc.modalities)}
+        self._serves_modality = self._static_servers[:, 2:].T > 0  # (M, S)
 
     def observation_space(self, agent: str) -> spaces.Space:
         return self._observation_space
@@ -178,7 +185,7 @@ class OffloadEnv(ParallelEnv):
         self.violations: Counter[str] = Counter()
         self.total_reward = 0.0
         self.agents = list(self.possible_agents)
-        self._graphs = [self._graph(i) for i in range(len(self.agents))]
+        self._statics()
         self._draw_failures()
         return self._observations(), {a: {} for a in self.agents}
 
@@ -186,14 +193,14 @@ class OffloadEnv(ParallelEnv):
         rewards = {a: 0.0 for a in self.agents}
         infos: dict[str, dict] = {a: {} for a in self.agents}
         acting = [a for a in self.agents if a in actions]
-        for a in self.rng.permutation(acting):
-            i = self.possible_agents.index(a)
+        for pick in self.rng.permutation(len(acting)):  # the draws of permuting the names
+            a = acting[pick]
             j, k = divmod(int(actions[a]), self.layout.servers)
-            rewards[a], infos[a] = self._apply(i, j, k)
+            rewards[a], infos[a] = self._apply(self._index[a], j, k)
         self.steps += 1
         self.total_reward += sum(rewards.values())
         self._draw_failures()
-        terminations = {a: self.ex.left[self.possible_agents.index(a)] == 0 for a in self.agents}
+        terminations = {a: self.ex.left[self._index[a]] == 0 for a in self.agents}
         truncations = {a: self.steps >= self.max_steps for a in self.agents}
         observations = self._observations()
         self.agents = [a for a in self.agents if not (terminations[a] or truncations[a])]
@@ -218,6 +225,7 @@ class OffloadEnv(ParallelEnv):
         if kinds:
             return self._refuse(kinds, penalty)
         run = ex.dispatch(i, j, k)
+        self._dispatched[i, j] = True
         late = run.end > sc.t_max_s
         if late:
             self.violations["deadline"] += 1
@@ -229,62 +237,72 @@ class OffloadEnv(ParallelEnv):
         return -penalty, {"run": None, "violations": kinds}
 
     def _draw_failures(self) -> None:
-        edges = np.array([s.kind == "edge" for s in self.scenario.servers])
-        self.down = edges & (self.rng.random(len(edges)) < self.failure_prob)
+        self.down = self._edges & (self.rng.random(len(self._edges)) < self.failure_prob)
 
     # -- observations ----------------------------------------------------------
 
-    def _graph(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Task i's static parts, padded to J: node features, adjacency, uplink rates,
-        and which servers serve each subtask."""
-        n, sc = self.layout, self.scenario
-        task = self.instance.tasks[i]
-        nodes = np.zeros((n.subtasks, n.node_features), np.float32)
-        adj = np.zeros((n.subtasks, n.subtasks), np.float32)
-        serves = np.zeros((n.subtasks, n.servers), bool)
-        for j, sub in enumerate(task.subtasks):
-            nodes[j, 0] = 1.0
-            nodes[j, 1 + sc.modalities.index(sub.modality)] = 1.0
-            nodes[j, -4:-1] = sub.input_bits / 1e6, sub.output_bits / 1e4, sub.cycles / 1e9
-            adj[sub.preds, j] = 1.0
-            serves[j] = [sub.modality in srv.modalities for srv in sc.servers]
-        up, _ = link_rates(sc, task.distances_m)
-        return nodes, adj, np.array(up, np.float32) / 1e8, serves
+    def _statics(self) -> None:
+        """The episode's constant parts for all agents at once: each agent's observation
+        with its dynamic entries (dispatched flags, queue delays, up flags) still zero,
+        the DAGs' arcs, real (non-padding) nodes, and which servers serve each node."""
+        n, tasks = self.layout, self.instance.tasks
+        subs = [(i, j, sub) for i, task in enumerate(tasks) for j, sub in enumerate(task.subtasks)]
+        i, j, m = np.array([(i, j, self._modality[sub.modality]) for i, j, sub in subs]).T
+        arcs = [(i, p, j) for i, j, sub in subs for p in sub.preds]  # p -> j in task i
+        self._template = np.zeros((len(tasks), n.size), np.float32)
+        _, servers, nodes, adj = n.split(self._template)  # views into the template
+        servers[..., :-3] = self._static_servers
+        servers[..., -3] = np.array(self.ex.tables.uplink_bps, np.float32) / 1e8
+        nodes[i, j, 0] = 1.0
+        nodes[i, j, 1 + m] = 1.0
+        nodes[i, j, -4:-1] = [
+            (sub.input_bits / 1e6, sub.output_bits / 1e4, sub.cycles / 1e9) for *_, sub in subs
+        ]
+        adj[tuple(np.array(arcs, int).reshape(-1, 3).T)] = 1.0
+        self._preds = adj > 0  # [i, p, j]: p -> j in task i
+        self._real = nodes[..., 0] > 0
+        self._serves = np.zeros((len(tasks), n.subtasks, n.servers), bool)
+        self._serves[i, j] = self._serves_modality[m]
+        self._dispatched = np.zeros(self._real.shape, bool)  # set by _apply, the one dispatcher
+
+    def observations(self) -> np.ndarray:
+        """Every agent's flat observation (I, O): P_i, server features, node features,
+        adjacency, as the Layout lays them out."""
+        obs = self._template.copy()
+        p, servers, nodes, _ = self.layout.split(obs)  # views into obs
+        p[:] = self._dispatched
+        nodes[..., -1] = self._dispatched
+        servers[..., -2] = self.ex.free  # queue delay: when each edge frees up
+        servers[..., -1] = ~self.down
+        return obs
+
+    def masks(self) -> np.ndarray:
+        """Every agent's action mask (I, J * S): 1 where (subtask j, server k) would be
+        executed now: j is pending with all its predecessors dispatched, k serves its
+        modality and is up."""
+        waiting = (self._preds & ~self._dispatched[:, :, None]).any(1)
+        ready = self._real & ~self._dispatched & ~waiting
+        mask = ready[..., None] & self._serves & ~self.down
+        return mask.astype(np.int8).reshape(len(mask), -1)
 
     def observe(self, agent: str) -> dict[str, np.ndarray]:
-        i = self.possible_agents.index(agent)
-        return {"observation": self.vector(i), "action_mask": self.action_mask(i)}
-
-    def vector(self, i: int) -> np.ndarray:
-        """Agent i's flat observation: P_i, server features, node features, adjacency."""
-        ex, n = self.ex, self.layout
-        nodes, adj, uplink, _ = self._graphs[i]
-        dispatched = np.zeros(n.subtasks, np.float32)
-        dispatched[: len(ex.placed[i])] = [s >= 0 for s in ex.placed[i]]
-        nodes = nodes.copy()
-        nodes[:, -1] = dispatched
-        queue = np.array(ex.free, np.float32)
-        servers = np.column_stack([self._static_servers, uplink, queue, 1.0 - self.down])
-        obs = np.concatenate([dispatched, servers.ravel(), nodes.ravel(), adj.ravel()])
-        return obs.astype(np.float32)
+        i = self._index[agent]
+        return {"observation": self.observations()[i], "action_mask": self.masks()[i]}
 
     def action_mask(self, i: int) -> np.ndarray:
-        """1 where (subtask j, server k) would be executed now: j is pending with all its
-        predecessors dispatched, k serves its modality and is up."""
-        placed, preds = self.ex.placed[i], self.ex.tables.preds[i]
-        ready = np.zeros(self.layout.subtasks, bool)
-        ready[: len(placed)] = [
-            s < 0 and all(placed[p] >= 0 for p in pj) for s, pj in zip(placed, preds, strict=True)
-        ]
-        serves = self._graphs[i][3]
-        return (ready[:, None] & serves & ~self.down).astype(np.int8).ravel()
+        """Agent i's row of ``masks()``."""
+        return self.masks()[i]
 
     def _observations(self) -> dict[str, dict[str, np.ndarray]]:
-        return {a: self.observe(a) for a in self.agents}
+        obs, masks = self.observations(), self.masks()
+        return {
+            a: {"observation": obs[self._index[a]], "action_mask": masks[self._index[a]]}
+            for a in self.agents
+        }
 
     def state(self) -> np.ndarray:
         """Global state for centralised critics: every agent's observation, concatenated."""
-        return np.concatenate([self.vector(i) for i in range(len(self.possible_agents))])
+        return self.observations().ravel()
 
     # -- results ---------------------------------------------------------------
 

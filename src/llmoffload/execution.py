@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from llmoffload.errors import OffloadError
-from llmoffload.instance import Instance, Subtask
+from llmoffload.instance import Instance
 from llmoffload.network import link_rates
 
 
@@ -72,12 +72,12 @@ class Schedule:
 
 
 def per_server(
-    subtasks: list[Subtask], amounts: list[float], factors: list[float], serves: list[set[str]]
+    amounts: list[float], factors: list[float], serves: list[list[bool]]
 ) -> list[list[float | None]]:
     """amount * factor[s] for every subtask and server, None where s cannot serve it."""
     return [
-        [amount * f if sub.modality in ok else None for f, ok in zip(factors, serves, strict=True)]
-        for sub, amount in zip(subtasks, amounts, strict=True)
+        [amount * f if ok else None for f, ok in zip(factors, row, strict=True)]
+        for amount, row in zip(amounts, serves, strict=True)
     ]
 
 
@@ -97,23 +97,26 @@ class Tables:
         self.sec_per_bit_ec = 1.0 / (sc.network.edge_cloud_mbps * 1e6)
         sec_per_cycle = [1 / (s.ghz * 1e9) for s in sc.servers]
         usd_per_cycle = [s.usd_per_ghz / 1e9 for s in sc.servers]
-        serves = [set(s.modalities) for s in sc.servers]
+        serving = {m: [m in s.modalities for s in sc.servers] for m in sc.modalities}
         self.preds: list[list[list[int]]] = []
         self.out_bits: list[list[float]] = []
         self.upload: list[list[list[float | None]]] = []
         self.compute: list[list[list[float | None]]] = []
         self.cost: list[list[list[float | None]]] = []
         self.downlink: list[list[float]] = []
+        self.uplink_bps: list[list[float]] = []  # device -> each server, for observations
         for task in instance.tasks:
             up, down = link_rates(sc, task.distances_m)
+            self.uplink_bps.append(up)
 
             self.preds.append([sub.preds for sub in task.subtasks])
             self.out_bits.append([sub.output_bits for sub in task.subtasks])
             bits = [sub.input_bits for sub in task.subtasks]
             cycles = [sub.cycles for sub in task.subtasks]
-            self.upload.append(per_server(task.subtasks, bits, [1 / r for r in up], serves))
-            self.compute.append(per_server(task.subtasks, cycles, sec_per_cycle, serves))
-            self.cost.append(per_server(task.subtasks, cycles, usd_per_cycle, serves))
+            serves = [serving[sub.modality] for sub in task.subtasks]
+            self.upload.append(per_server(bits, [1 / r for r in up], serves))
+            self.compute.append(per_server(cycles, sec_per_cycle, serves))
+            self.cost.append(per_server(cycles, usd_per_cycle, serves))
             self.downlink.append([task.subtasks[-1].output_bits / down[s] for s in self.servers])
 
     def supports(self, task: int, subtask: int, server: int) -> bool:

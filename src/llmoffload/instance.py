@@ -80,30 +80,36 @@ class Instance(Model):
 
 
 def sample_task(scenario: Scenario, workflow: str, rng: np.random.Generator) -> Task:
-    """Draw one task of ``workflow``: sizes per modality and device-edge distances."""
-    flow = scenario.workflows[workflow]
+    """Draw one task of ``workflow``: sizes per modality and device-edge distances.
+
+    All of a task's numbers come from one call, in the order of one call per
+    number: each subtask's input then output size (kbit), then one distance per edge.
+    """
+    nodes = scenario.workflows[workflow].nodes_in_order()
     load = scenario.workload
-    order = flow.order()
-    index = {name: j for j, name in enumerate(order)}
-    subtasks = []
-    for name in order:
-        sizes = load.sizes[flow.nodes[name]]
-        input_bits = float(rng.uniform(sizes.input_kbit.low, sizes.input_kbit.high)) * 1e3
-        output_bits = float(rng.uniform(sizes.output_kbit.low, sizes.output_kbit.high)) * 1e3
-        subtasks.append(
-            Subtask(
-                name=name,
-                modality=flow.nodes[name],
-                input_bits=input_bits,
-                output_bits=output_bits,
-                cycles=load.cycles_per_bit * input_bits,
-                preds=sorted(index[p] for p in flow.predecessors(name)),
-            )
-        )
     span = scenario.network.channel.distance_m
     edges = sum(s.kind == "edge" for s in scenario.servers)
-    distances = [float(d) for d in rng.uniform(span.low, span.high, size=edges)]
-    return Task(workflow=workflow, distances_m=distances, subtasks=subtasks)
+    ranges = [
+        (r.low, r.high)
+        for _, modality, _ in nodes
+        for r in (load.sizes[modality].input_kbit, load.sizes[modality].output_kbit)
+    ]
+    low, high = np.array(ranges + [(span.low, span.high)] * edges).T
+    # what rng.uniform(low, high) computes, without its slow broadcasting path
+    draws = (low + (high - low) * rng.random(len(low))).tolist()
+    bits = [kbit * 1e3 for kbit in draws[: 2 * len(nodes)]]
+    subtasks = [
+        Subtask(
+            name=name,
+            modality=modality,
+            input_bits=bits[2 * j],
+            output_bits=bits[2 * j + 1],
+            cycles=load.cycles_per_bit * bits[2 * j],
+            preds=preds,
+        )
+        for j, (name, modality, preds) in enumerate(nodes)
+    ]
+    return Task(workflow=workflow, distances_m=draws[2 * len(nodes) :], subtasks=subtasks)
 
 
 def sample_instance(

@@ -1,6 +1,6 @@
 """MADDPG (Lowe et al. 2017) for discrete actions, as EPyMARL's ``maddpg_learner.py``.
 
-One actor per agent (``nets.Actor``: subtask head x location head, joint
+One actor per agent (``nets.Actors``: subtask head x location head, joint
 log-probabilities over ``a = j * S + k`` used as the logits), one critic
 Q_i(x, a_1 .. a_I) on the global state and every agent's one-hot action,
 shared by the agents and told which agent's row it computes by a one-hot id
@@ -105,7 +105,9 @@ class MaddpgConfig:
     temperature: float = 1.0  # EPyMARL's gumbel_softmax default
     hidden: int = 128  # EPyMARL maddpg.yaml hidden_dim
     grad_clip: float = 10.0  # EPyMARL default.yaml grad_norm_clip
-    mask: bool = False  # choice: True restricts pi to valid actions; the paper learns from them
+    # True: act on the env's valid actions (--protocol masked); False: on every action
+    # not yet refused in the current state (the paper protocol)
+    mask: bool = False
 
 
 # what a checkpoint holds besides the config
@@ -145,9 +147,9 @@ class Maddpg:
     # -- acting ----------------------------------------------------------------
 
     def logits(self, actors: Actors, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Each agent's joint log-probabilities (..., I, A), the Gumbel-softmax logits;
-        masked only with ``config.mask``."""
-        return actors.log_pi(obs, masks if self.config.mask else None)
+        """Each agent's joint log-probabilities (..., I, A) over the allowed actions, the
+        Gumbel-softmax logits."""
+        return actors.log_pi(obs, masks)
 
     def act(
         self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
@@ -215,12 +217,12 @@ class Maddpg:
         """Each agent's loss (B, I): -Q_i(x, a) with a_i a fresh straight-through sample
         of mu_i(o_i), the only action in row i that carries gradient (the others are
         detached samples, inactive agents' zero), plus ``reg`` x the mean squared
-        logit over agent i's valid actions (EPyMARL zeroes the masked ones)."""
+        logit over agent i's allowed actions (EPyMARL zeroes the masked ones)."""
         c = self.config
         logits = self.logits(self.actors, state.view(-1, self.agents, self.layout.size), masks)
         sampled = gumbel_softmax_hard(logits, self.generator, c.temperature)
         q = self.critic(state, own_action_only(sampled * active.unsqueeze(-1)))
-        valid = (masks > 0) | (masks == 0).all(-1, keepdim=True) | (not c.mask)
+        valid = (masks > 0) | (masks == 0).all(-1, keepdim=True)
         penalty = torch.where(valid, logits, 0.0).square().sum(-1) / valid.sum(-1)
         return -q + c.reg * penalty
 

@@ -1,14 +1,14 @@
 """MAPPO (Yu et al. 2022, "The Surprising Effectiveness of PPO in Cooperative Multi-Agent
 Games"), as marlbenchmark/on-policy implements it, for the paper's baseline (SPEC §5, §7).
 
-One actor per agent (``nets.Actor``: subtask head x location head, ``a = j * S + k``) and
+One actor per agent (``nets.Actors``: subtask head x location head, ``a = j * S + k``) and
 one centralised value network V(S, i) shared by the agents, fed the global state with the
 agent's id one-hot appended (on-policy's shared critic with agent id). Feed-forward, as
-on-policy's MLP policy: ``nets.Actor`` has no recurrent state.
+on-policy's MLP policy: ``nets.Actors`` has no recurrent state.
 
 Algorithm 1 of Yu et al. (MAPPO), step by step, as this file follows it:
   initialise the actors pi_theta and the critic V_phi      ``Mappo.__init__`` (PyTorch's
-      default initialisation, ``nets.Actor``'s, not the paper's orthogonal one)
+      default initialisation, ``nets.Actors``'s, not the paper's orthogonal one)
   for every step t, for every agent a: p_t = pi(o_t^a), u_t^a ~ p_t, v_t^a = V(s_t, a)
       (log p_t(u_t^a) and v_t^a are kept for the update)   ``Mappo.act``
   execute u_t, observe r_t, s_t+1; append to the trajectory ``Mappo.observe``
@@ -35,7 +35,7 @@ from torch import nn
 
 from llmoffload.env import Layout
 from llmoffload.learner import Transition, load_parts, save_parts
-from llmoffload.nets import Actors, best_valid, mlp, sample
+from llmoffload.nets import Actors, ValueNorm, best_valid, mlp, sample
 
 
 @dataclass
@@ -62,45 +62,9 @@ class MappoConfig:
     # on-policy's MPE gives every agent the sum of the rewards in a cooperative world;
     # the paper's global reward is that sum too (§4.1). False: each agent's own reward.
     shared_reward: bool = True
-    # choice: True restricts pi to the valid actions (on-policy's available_actions) in
-    # acting and learning; the paper's agents learn from penalties.
+    # True: act and learn on the env's valid actions (on-policy's available_actions,
+    # --protocol masked); False: on every action not yet refused in the current state
     mask: bool = False
-
-
-class ValueNorm(nn.Module):
-    """Running mean and variance of the value targets (on-policy's ``ValueNorm``).
-
-    Debiased exponential moving averages of x and x^2; with beta close to 1 they weigh
-    every update about equally. The critic predicts normalised values, so its targets
-    keep a unit scale while the returns grow as the policy improves.
-    """
-
-    def __init__(self, beta: float = 0.99999, epsilon: float = 1e-5) -> None:
-        super().__init__()
-        self.beta, self.epsilon = beta, epsilon
-        self.register_buffer("mean", torch.zeros(()))
-        self.register_buffer("mean_sq", torch.zeros(()))
-        self.register_buffer("debias", torch.zeros(()))
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        self.mean.mul_(self.beta).add_(x.mean() * (1.0 - self.beta))
-        self.mean_sq.mul_(self.beta).add_((x**2).mean() * (1.0 - self.beta))
-        self.debias.mul_(self.beta).add_(1.0 - self.beta)
-
-    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Debiased mean and variance; the variance is floored at 1e-2 as on-policy does."""
-        debias = self.debias.clamp(min=self.epsilon)
-        mean = self.mean / debias
-        return mean, (self.mean_sq / debias - mean**2).clamp(min=1e-2)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean, var = self.mean_var()
-        return (x - mean) / var.sqrt()
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean, var = self.mean_var()
-        return x * var.sqrt() + mean
 
 
 class StateValue(nn.Module):
@@ -125,20 +89,27 @@ class StateValue(nn.Module):
 
 
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, done: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    end: torch.Tensor,
+    bootstrap: torch.Tensor,
+    gamma: float,
+    lam: float,
 ) -> torch.Tensor:
     """Returns R_t = A_t + V_t with GAE advantages, for rewards and values (T, I).
 
-    ``done[t]`` marks the last step of an episode: nothing is bootstrapped past it,
-    as on-policy's ``masks[t + 1]``. The rollout ends with such a step.
+    ``end[t]`` marks the last step of an episode, where ``bootstrap[t]`` stands in
+    for the next value: 0 at a terminal state (on-policy's ``masks[t + 1]``), V(S')
+    when the step limit cut the episode short. The rollout ends with such a step.
     """
     returns = torch.zeros_like(values)
     advantage = torch.zeros_like(values[0])
     next_value = torch.zeros_like(values[0])
     for t in reversed(range(len(rewards))):
-        alive = 1.0 - done[t]
-        delta = rewards[t] + gamma * next_value * alive - values[t]
-        advantage = delta + gamma * lam * alive * advantage
+        if end[t]:
+            next_value, advantage = bootstrap[t], torch.zeros_like(advantage)
+        delta = rewards[t] + gamma * next_value - values[t]
+        advantage = delta + gamma * lam * advantage
         returns[t] = advantage + values[t]
         next_value = values[t]
     return returns
@@ -206,8 +177,8 @@ class Mappo:
     # -- acting ----------------------------------------------------------------
 
     def log_pi(self, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Joint log-probabilities (..., I, A); masked only with ``config.mask``."""
-        return self.actors.log_pi(obs, masks if self.config.mask else None)
+        """Joint log-probabilities (..., I, A), renormalised over the allowed actions."""
+        return self.actors.log_pi(obs, masks)
 
     @torch.no_grad()
     def act(
@@ -234,6 +205,9 @@ class Mappo:
         old_logp, values = self.acted
         self.acted = None
         reward = np.full(self.agents, t.rewards.sum()) if self.config.shared_reward else t.rewards
+        end = t.terminal or t.truncated
+        with torch.no_grad():  # V(S') to bootstrap from where the step limit cut in
+            cut = self.critic(torch.as_tensor(t.next_state)) if t.truncated else 0 * values
         self.rollout.append(
             {
                 "state": t.state,
@@ -241,13 +215,15 @@ class Mappo:
                 "active": t.active,
                 "masks": t.masks,
                 "reward": reward,
-                "done": np.float32(t.terminal),
+                "end": np.float32(end),
+                "truncated": np.float32(t.truncated),
+                "next_value": cut,
                 "old_logp": old_logp,
                 "value": values,
             }
         )
         self.steps += 1
-        if t.terminal and len(self.rollout) >= self.config.rollout_steps:
+        if end and len(self.rollout) >= self.config.rollout_steps:
             self.update()
 
     # -- learning --------------------------------------------------------------
@@ -263,7 +239,8 @@ class Mappo:
         actions = b["actions"].long().clamp(min=0)
         with torch.no_grad():
             values = self.value_norm.denormalize(b["value"])
-            returns = gae(b["reward"], values, b["done"], c.gamma, c.gae_lambda)
+            cut = b["truncated"].unsqueeze(-1) * self.value_norm.denormalize(b["next_value"])
+            returns = gae(b["reward"], values, b["end"], cut, c.gamma, c.gae_lambda)
             advantage = returns - values
             active = b["active"]
             mean = masked_mean(advantage, active)

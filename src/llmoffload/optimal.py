@@ -16,19 +16,25 @@ schedule is always the exact replay of the solver's dispatch sequence through
 the execution model, so only ``bound`` carries that rounding. CP-SAT starts
 from the HEFT schedule as a hint, and HEFT is what comes back if the solver
 finds nothing better within its time limit.
+
+OR-Tools is imported when a model is solved, not with the module: it pulls in
+pandas, a third of a second that a training run, which never solves, need not pay.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from llmoffload.execution import Dispatch, Schedule, Tables, evaluate
 from llmoffload.heuristics import heft
 from llmoffload.instance import Instance
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model
 
 WEIGHT_SCALE = 1000
 
@@ -64,6 +70,8 @@ def solve(
     resolution_s: float = 1e-6,
 ) -> Solution:
     """Minimise sum_i gamma T_i + (1 - gamma) Cost_i over all dispatch sequences."""
+    from ortools.sat.python import cp_model
+
     began = time.perf_counter()
     t = Tables(instance)
     ticks = 1.0 / resolution_s

@@ -9,6 +9,10 @@ What the figures show (SPEC §6; choices in docs/assumptions.md):
   leaves work undone (Random). Figs. 6/8 scale it onto [0.1, 1] over the figure's
   points, as the paper does; Fig. 9 shows it unscaled;
 - every point is a mean over seeds with its 95% t-interval.
+
+Each protocol swept (``sweep.Grid.protocols``) gets its own figures and claims: the
+paper protocol's files keep the paper's names, the masked one's end in ``_masked``.
+A run the protocol does not change (CS-UCB, HEFT, Optimal) appears in both.
 """
 
 from __future__ import annotations
@@ -23,12 +27,25 @@ import numpy as np
 from llmoffload.files import write_csv, write_text_atomic
 from llmoffload.plots import Panel, line_chart, reward_curve
 from llmoffload.stats import ci95, trend
-from llmoffload.sweep import REFERENCES, Grid, Outcome, RunSpec
+from llmoffload.sweep import ANY, REFERENCES, Grid, Outcome, RunSpec
 
 TAIL = 50  # training episodes averaged into a learner's "average reward"
 CSV_FLOATS = ".6g"  # the figures' CSVs: enough digits for any plot, diff-friendly
 SHOWN = 2  # failing points a claim's verdict spells out; the tables hold the rest
 Series = dict[str, tuple[np.ndarray, np.ndarray]]  # method -> (means, CI half-widths) per x
+PROTOCOL_TEXT = (
+    "Two protocols (`--protocol`). Under **paper** the learners are not told which of the "
+    "J·S actions are valid and learn it from the environment's penalties, as the paper's "
+    "agents do; an agent only does not retry an action refused in the state it is still "
+    "in (Random draws from all actions). Under **masked** every learner acts and learns on the "
+    "valid actions only (Random draws among them). CS-UCB masks under both (its constraint "
+    "filter is the valid-action mask), so its runs serve both protocols, as do HEFT's and "
+    "Optimal's, which learn nothing and stand beside the methods in both. Every learner is "
+    "evaluated greedily over the valid actions under both. The paper's four claims are "
+    "judged under the paper protocol, whose claims they are, and again, separately, under "
+    "masked. The paper protocol's files keep the paper's names; the masked protocol's end "
+    "in `_masked`."
+)
 
 
 @dataclass(frozen=True)
@@ -206,23 +223,48 @@ def merge(*tables: Table) -> Table:
     return {m: {c: v for t in tables for c, v in t.get(m, {}).items()} for m in tables[0]}
 
 
+Section = tuple[str, str, Table]  # title, file stem, numbers
+
+
+@dataclass(frozen=True)
+class Part:
+    """One protocol's share of the report: its figures' numbers and the claims' verdicts."""
+
+    protocol: str
+    sections: list[Section]
+    verdicts: list[Verdict]
+
+
 def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) -> None:
-    """Write every figure, its CSV, and REPORT.md into ``out``."""
-    records = [record(outcome.results[s.key]) for s in specs if s.key in outcome.results]
+    """Write every protocol's figures, their CSVs, and REPORT.md into ``out``."""
+    parts = []
+    for protocol in grid.protocols:
+        runs = [s for s in specs if s.protocol in (protocol, ANY) and s.key in outcome.results]
+        records = [record(outcome.results[s.key]) for s in runs]
+        tag = "" if protocol == "paper" else f"_{protocol}"
+        parts.append(Part(protocol, *write_figures(grid, records, out, tag)))
+    write_text_atomic(out / "REPORT.md", markdown(grid, specs, outcome, parts))
+
+
+def write_figures(
+    grid: Grid, records: list[Record], out: Path, tag: str
+) -> tuple[list[Section], list[Verdict]]:
+    """One protocol's figures and CSVs, their file stems ending in ``tag``; returns the
+    report's sections and the claims' verdicts."""
     methods, every = list(grid.methods), [*grid.methods, *REFERENCES]
     base, lines, failure = figures(grid)
-    sections: list[tuple[str, str, Table]] = []
+    sections: list[Section] = []
 
     curves = {m: [r.curve for r in base.runs(records, m, 0.0)] for m in methods}
     curves = {m: np.array(c) for m, c in curves.items() if c}
-    reward_curve(curves, out / "fig4_reward_curves.png")
+    reward_curve(curves, out / f"fig4_reward_curves{tag}.png")
     rows = [
         {"method": m, "episode": e, "mean": mean[e], "ci95": half[e], "seeds": len(c)}
         for m, c in curves.items()
         for mean, half in [ci95(c)]
         for e in range(c.shape[1])
     ]
-    write_csv(out / "fig4_reward_curves.csv", rows, CSV_FLOATS)
+    write_csv(out / f"fig4_reward_curves{tag}.csv", rows, CSV_FLOATS)
     at_base = {
         name: base.series(records, every, metric)
         for name, metric in (
@@ -234,7 +276,7 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
     sections.append(
         (
             "Fig. 4: training reward at the base setting",
-            "fig4_reward_curves",
+            f"fig4_reward_curves{tag}",
             merge(*(table(s, [name]) for name, s in at_base.items())),
         )
     )
@@ -245,7 +287,7 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
         shown = normalise(raw) if fig.scaled else {m: raw[m] for m in methods}
         line_chart(
             [Panel(fig.axis.label, fig.ylabel, list(fig.axis.xs), shown, set(REFERENCES))],
-            out / f"{fig.name}.png",
+            out / f"{fig.name}{tag}.png",
         )
         rows = long_rows(fig.axis, raw)
         if fig.scaled:
@@ -254,8 +296,8 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
                 r | {"normalised": s["mean"], "normalised_ci95": s["ci95"]}
                 for r, s in zip(rows, scaled, strict=True)
             ]
-        write_csv(out / f"{fig.name}.csv", rows, CSV_FLOATS)
-        sections.append((fig.title, fig.name, table(raw, fig.axis.labels())))
+        write_csv(out / f"{fig.name}{tag}.csv", rows, CSV_FLOATS)
+        sections.append((fig.title, fig.name + tag, table(raw, fig.axis.labels())))
 
     one = [grid.failure_method]
     fail = {
@@ -264,17 +306,17 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
     }
     line_chart(
         [Panel(failure.label, name, list(failure.xs), s) for name, s in fail.items()],
-        out / "fig9_failures.png",
+        out / f"fig9_failures{tag}.png",
     )
     write_csv(
-        out / "fig9_failures.csv",
+        out / f"fig9_failures{tag}.csv",
         [{"metric": name} | r for name, s in fail.items() for r in long_rows(failure, s)],
         CSV_FLOATS,
     )
     sections.append(
         (
             f"Fig. 9: {grid.failure_method} under edge failures",
-            "fig9_failures",
+            f"fig9_failures{tag}",
             merge(
                 *(table(s, [f"{name}, {x}" for x in failure.labels()]) for name, s in fail.items())
             ),
@@ -285,8 +327,7 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
     reward_figs += [point(f, tables) for f in lines if not f.scaled]
     cost_figs = [point(f, tables) for f in lines if f.scaled]
     drift = trend(curves["random"]) if "random" in curves else None
-    verdicts = check_claims(methods, reward_figs, cost_figs, drift)
-    write_text_atomic(out / "REPORT.md", markdown(grid, specs, outcome, sections, verdicts))
+    return sections, check_claims(methods, reward_figs, cost_figs, drift)
 
 
 def point(fig: Figure, tables: dict[str, Series]) -> tuple[str, list[str], Series]:
@@ -419,14 +460,9 @@ def cell(value: tuple[float, float]) -> str:
     return f"{mean:.4g} ± {half:.2g}" if half else f"{mean:.4g}"
 
 
-def markdown(
-    grid: Grid,
-    specs: list[RunSpec],
-    outcome: Outcome,
-    sections: list[tuple[str, str, Table]],
-    verdicts: list[Verdict],
-) -> str:
-    """The report: the setting, the claims, then each figure with its numbers."""
+def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Part]) -> str:
+    """The report: the setting and the protocols, then per protocol the claims and each
+    figure with its numbers."""
     lines = [
         "# Reproduction of the UCB-COMA paper's experiments",
         "",
@@ -443,6 +479,8 @@ def markdown(
         "is better); n/a where a policy leaves work undone. The figures of the weighted sum "
         "scale it onto [0.1, 1] as the paper does; the tables give it unscaled.",
         "",
+        PROTOCOL_TEXT + f" This report: {', '.join(grid.protocols)}.",
+        "",
     ]
     failed = [outcome.failures[s.key] for s in specs if s.key in outcome.failures]
     missing = len([s for s in specs if s.key not in outcome.results])
@@ -456,14 +494,19 @@ def markdown(
         f"Runs: {len(specs) - missing} of {len(specs)} finished. Optimal is proven optimal on "
         f"{sum(proven)} of {len(proven)} held-out instances (the rest: the best schedule found)."
     )
-    lines += [f"- failed: {f}" for f in failed] + [""]
-    lines += ["## The paper's claims", "", "| claim | verdict | numbers |", "|---|---|---|"]
-    lines += [f"| {v.claim} | **{v.verdict}** | {v.evidence} |" for v in verdicts]
-    for title, stem, tab in sections:
-        columns = list(next(iter(tab.values())))
-        lines += ["", f"## {title}", "", f"![{stem}]({stem}.png) ([numbers]({stem}.csv))", ""]
-        lines += ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-        lines += [
-            f"| {m} | " + " | ".join(cell(row[c]) for c in columns) + " |" for m, row in tab.items()
-        ]
+    lines += [f"- failed: {f}" for f in failed]
+    for part in parts:
+        under = f"({part.protocol} protocol)"
+        lines += ["", f"## The {part.protocol} protocol", "", f"### The paper's claims {under}"]
+        lines += ["", "| claim | verdict | numbers |", "|---|---|---|"]
+        lines += [f"| {v.claim} | **{v.verdict}** | {v.evidence} |" for v in part.verdicts]
+        for title, stem, tab in part.sections:
+            columns = list(next(iter(tab.values())))
+            link = f"![{stem}]({stem}.png) ([numbers]({stem}.csv))"
+            lines += ["", f"### {title} {under}", "", link, ""]
+            lines += ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+            lines += [
+                f"| {m} | " + " | ".join(cell(row[c]) for c in columns) + " |"
+                for m, row in tab.items()
+            ]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ Table 2; each field's unit is in its name.
 from __future__ import annotations
 
 import math
+from functools import cache
 from graphlib import CycleError, TopologicalSorter
 from importlib import resources
 from pathlib import Path
@@ -135,6 +136,11 @@ class Workflow(Model):
     def predecessors(self, node: str) -> list[str]:
         return [p for p, s in self.edges if s == node]
 
+    def nodes_in_order(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """(name, modality, predecessors' indices) of each node in ``order()``: the shape
+        of every task drawn from this workflow, worked out once per distinct workflow."""
+        return shape_of(tuple(self.nodes.items()), tuple(self.edges))
+
     @model_validator(mode="after")
     def _dag(self) -> Workflow:
         for pred, succ in self.edges:
@@ -155,6 +161,20 @@ class Workflow(Model):
                 f"found sources {sources} and sinks {sinks}"
             )
         return self
+
+
+@cache
+def shape_of(
+    nodes: tuple[tuple[str, str], ...], edges: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """``Workflow.nodes_in_order``, cached by the workflow's content."""
+    flow = Workflow(nodes=dict(nodes), edges=list(edges))
+    order = flow.order()
+    index = {name: j for j, name in enumerate(order)}
+    return tuple(
+        (name, flow.nodes[name], tuple(sorted(index[p] for p in flow.predecessors(name))))
+        for name in order
+    )
 
 
 class Workload(Model):

@@ -1,9 +1,12 @@
-"""Means with 95% confidence intervals over seeds (Student's t, as seeds are few)."""
+"""Means with 95% confidence intervals over seeds (Student's t, as seeds are few).
+
+SciPy is imported where a t quantile is needed, not with the module: a training
+run's one-seed reward curve needs none, and importing SciPy takes seconds.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def ci95(values: np.ndarray | list[float], axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -18,6 +21,8 @@ def ci95(values: np.ndarray | list[float], axis: int = 0) -> tuple[np.ndarray, n
     mean = v.mean(axis=axis)
     if n < 2:
         return mean, np.zeros_like(mean)
+    from scipy import stats
+
     sem = v.std(axis=axis, ddof=1) / np.sqrt(n)
     return mean, stats.t.ppf(0.975, n - 1) * sem
 
@@ -29,6 +34,8 @@ def trend(curves: np.ndarray) -> tuple[float, float]:
     times the run's length: a flat curve's interval contains 0. All episodes count,
     not just two windows, so one lucky stretch does not make a curve look sloped.
     """
+    from scipy import stats
+
     curves = np.atleast_2d(curves)
     episodes = curves.shape[1]
     fit = stats.linregress(np.tile(np.arange(episodes), len(curves)), curves.ravel())

@@ -2,13 +2,15 @@
 
 A sweep is a ``Grid`` of settings. ``plan`` turns it into the runs Figs. 4-9
 need (each method at each bandwidth, deadline and, for one method, failure
-probability, per seed; shared points once), plus HEFT and Optimal on the same
-held-out instances at every setting. A run is named by a hash of everything
-that decides its numbers (the setting, the resolved scenario, the method's
-config, the result format), so an interrupted sweep resumes where it stopped
-and a changed setting reruns only the runs it touches. A run is done when its
-``result.json`` exists: the driver writes it last and atomically; a run
-directory without one is a leftover and is redone from scratch.
+probability, per seed and protocol; shared points once), plus HEFT and Optimal
+on the same held-out instances at every setting. A run is named by a hash of
+everything that decides its numbers (the setting, the resolved scenario, the
+method's config under its protocol, the result format), so an interrupted sweep
+resumes where it stopped and a changed setting reruns only the runs it touches.
+A run the protocol does not change (CS-UCB, which always masks; HEFT, Optimal)
+has the protocol ``any`` and serves every protocol's figures. A run is done
+when its ``result.json`` exists: the driver writes it last and atomically; a
+run directory without one is a leftover and is redone from scratch.
 """
 
 from __future__ import annotations
@@ -24,18 +26,22 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from itertools import product
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from llmoffload.errors import OffloadError
 from llmoffload.files import write_text_atomic
 from llmoffload.methods import LEARNERS
 from llmoffload.scenario import Scenario, load_scenario, parse_scenario
+from llmoffload.training import PROTOCOLS, evaluate_run, evaluate_scheduler, make_config, train
 
-RESULT_FORMAT = "llmoffload-result/1"
+RESULT_FORMAT = "llmoffload-result/2"  # 2: runs carry their protocol
 REFERENCES = ("heft", "optimal")  # evaluated beside the learners, never trained
+ANY = "any"  # the protocol of a run that every protocol would run alike
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Grid:
     bandwidth_mhz: float = 6.0  # where Figs. 4, 7, 8, 9 hold W
     deadline_s: float = 3.0  # where Figs. 4, 5, 6, 9 hold T_max
     failure_method: str = "ucb-coma"  # Fig. 9's one method
+    protocols: tuple[str, ...] = PROTOCOLS  # each gets its own figures and claims
     seeds: tuple[int, ...] = (0, 1, 2)
     episodes: int = 700  # the paper's
     eval_episodes: int = 50
@@ -62,6 +69,11 @@ class Grid:
                 raise OffloadError(f"unknown method '{method}' (choose from {', '.join(LEARNERS)})")
         if self.failure_method not in self.methods:
             raise OffloadError(f"the failure method '{self.failure_method}' is not swept")
+        for protocol in self.protocols:
+            if protocol not in PROTOCOLS:
+                raise OffloadError(
+                    f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})"
+                )
         if not all(0.0 <= p < 1.0 for p in self.failure_probs):
             raise OffloadError("failure probabilities must lie in [0, 1)")
         if not self.seeds:
@@ -85,9 +97,11 @@ QUICK = Grid(seeds=(0, 1), episodes=100, eval_episodes=10, time_limit_s=2.0)
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: a method at one setting and seed. ``scenario`` is the base scenario's JSON."""
+    """One run: a method under a protocol at one setting and seed. ``scenario`` is the
+    base scenario's JSON."""
 
     method: str
+    protocol: str  # one of training.PROTOCOLS, or ANY where the protocol changes nothing
     bandwidth_mhz: float
     deadline_s: float
     failure_prob: float
@@ -99,20 +113,23 @@ class RunSpec:
 
     @cached_property  # a frozen dataclass: hashed once, on first use
     def key(self) -> str:
-        """A hash of everything that decides this run's numbers."""
-        learned = LEARNERS.get(self.method)
-        config = asdict(learned.config(**learned.defaults)) if learned else {}
+        """A hash of everything that decides this run's numbers, the resolved config too."""
+        config = asdict(self.config()) if self.method in LEARNERS else {}
         text = json.dumps(
             {"format": RESULT_FORMAT, **asdict(self), "config": config}, sort_keys=True
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def config(self) -> Any:
+        """The learner's config under this run's protocol (under ANY, all give the same)."""
+        return make_config(self.method, {}, PROTOCOLS[0] if self.protocol == ANY else self.protocol)
+
     @property
     def name(self) -> str:
         """A directory name a person can read, unique by the key."""
         return (
-            f"{self.method}-W{self.bandwidth_mhz:g}-T{self.deadline_s:g}-p{self.failure_prob:g}"
-            f"-s{self.seed}-{self.key}"
+            f"{self.method}-{self.protocol}-W{self.bandwidth_mhz:g}-T{self.deadline_s:g}"
+            f"-p{self.failure_prob:g}-s{self.seed}-{self.key}"
         )
 
     def resolved_scenario(self) -> Scenario:
@@ -128,8 +145,17 @@ def variant(base: Scenario, bandwidth_mhz: float, deadline_s: float) -> Scenario
     return parse_scenario(data, f"W={bandwidth_mhz:g} MHz, T_max={deadline_s:g} s")
 
 
+def protocol_of(method: str, protocol: str) -> str:
+    """``protocol``, or ANY where every protocol gives ``method`` the same run."""
+    if method in REFERENCES:
+        return ANY
+    config = make_config(method, {}, protocol)
+    return ANY if all(make_config(method, {}, p) == config for p in PROTOCOLS) else protocol
+
+
 def plan(grid: Grid) -> list[RunSpec]:
-    """Every run the figures need, each once."""
+    """Every run the figures need, each once: a run the protocol does not change is
+    shared by every protocol's figures."""
     grid.check()
     base = json.dumps(load_scenario(grid.scenario).model_dump(mode="json"), sort_keys=True)
     at = grid.bandwidth_mhz, grid.deadline_s
@@ -137,21 +163,21 @@ def plan(grid: Grid) -> list[RunSpec]:
     points += [(grid.failure_method, *at, p) for p in grid.failure_probs]
     points += [(m, w, t, 0.0) for m in REFERENCES for w, t in grid.settings()]
     specs = {}
-    for seed in grid.seeds:
-        for method, w, t, p in points:
-            learner = method not in REFERENCES
-            spec = RunSpec(
-                method=method,
-                bandwidth_mhz=w,
-                deadline_s=t,
-                failure_prob=p,
-                seed=seed,
-                episodes=grid.episodes if learner else 0,
-                eval_episodes=grid.eval_episodes,
-                time_limit_s=0.0 if learner else grid.time_limit_s,
-                scenario=base,
-            )
-            specs.setdefault(spec.key, spec)
+    for seed, protocol, (method, w, t, p) in product(grid.seeds, grid.protocols, points):
+        learner = method not in REFERENCES
+        spec = RunSpec(
+            method=method,
+            protocol=protocol_of(method, protocol),
+            bandwidth_mhz=w,
+            deadline_s=t,
+            failure_prob=p,
+            seed=seed,
+            episodes=grid.episodes if learner else 0,
+            eval_episodes=grid.eval_episodes,
+            time_limit_s=0.0 if learner else grid.time_limit_s,
+            scenario=base,
+        )
+        specs.setdefault(spec.key, spec)
     return list(specs.values())
 
 
@@ -162,10 +188,6 @@ def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
     ``root/runs/<name>/`` (on a cluster, make ``root`` a shared directory to
     keep them), and the numbers travel back to the driver.
     """
-    import torch  # workers import the learning stack; the driver need not
-
-    from llmoffload.training import evaluate_run, evaluate_scheduler, make_config, train
-
     torch.set_num_threads(1)
     out = Path(root) / "runs" / spec.name
     shutil.rmtree(out, ignore_errors=True)  # a leftover of an interrupted run
@@ -177,7 +199,7 @@ def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
             spec.method, scenario, spec.seed, spec.eval_episodes, spec.time_limit_s
         )
     else:
-        config = make_config(spec.method, {})
+        config = spec.config()
         trained = train(
             spec.method, scenario, spec.episodes, spec.seed, out, config, spec.failure_prob, False
         )

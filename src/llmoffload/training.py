@@ -31,6 +31,9 @@ from llmoffload.scenario import Scenario, parse_scenario
 from llmoffload.schedulers import SCHEDULERS
 
 TRAIN, EVAL = 0, 1
+# How the learners treat invalid actions: "paper" learns from the env's penalties (the
+# paper's agents); "masked" acts on valid actions only, as CS-UCB always does.
+PROTOCOLS = ("paper", "masked")
 
 
 def episode_seed(seed: int, stream: int, episode: int) -> int:
@@ -38,18 +41,23 @@ def episode_seed(seed: int, stream: int, episode: int) -> int:
     return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
 
 
-def make_config(algo: str, overrides: dict[str, str]) -> Any:
-    """The algorithm's config: its defaults, then ``--set key=value`` overrides."""
+def make_config(algo: str, overrides: dict[str, str], protocol: str = "paper") -> Any:
+    """The algorithm's config: its defaults, the protocol's masking, then ``--set
+    key=value`` overrides."""
     if algo not in LEARNERS:
         raise OffloadError(f"unknown algorithm '{algo}' (choose from {', '.join(LEARNERS)})")
+    if protocol not in PROTOCOLS:
+        raise OffloadError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
     cls = LEARNERS[algo].config
     types = {f.name: f.type for f in fields(cls)}
     values: dict[str, Any] = dict(LEARNERS[algo].defaults)
+    if "mask" in types:
+        values["mask"] = protocol == "masked"
     for key, text in overrides.items():
         if key not in types:
             known = ", ".join(types) or "it has none"
             raise OffloadError(f"--set {key}: {algo} has no such setting ({known})")
-        kind = {"bool": parse_bool, "int": int, "float": float}[str(types[key])]
+        kind = {"bool": parse_bool, "int": int, "float": float, "str": str}[str(types[key])]
         try:
             values[key] = kind(text)
         except ValueError:
@@ -71,19 +79,36 @@ def run_episode(
     explore: bool,
     instance: Instance | None = None,
 ) -> dict[str, float]:
-    """Play one episode; an exploring learner also learns from it."""
-    obs, _ = env.reset(seed=seed, options={"instance": instance} if instance else None)
+    """Play one episode; an exploring learner also learns from it.
+
+    The masks a learner acts on: the env's valid actions when it is evaluated, under
+    the masked protocol, and for CS-UCB (whose constraint filter they are); else, under
+    the paper protocol, every action but those refused in the state the agent is still
+    in. A refused action changes nothing, so the agent knows a retry fails: it learns
+    validity from the penalties without ever repeating a refusal.
+    """
+    env.reset(seed=seed, options={"instance": instance} if instance else None)
     agents = env.possible_agents
-    idle = np.zeros(env.layout.actions, np.int8)
+    told = not explore or getattr(learner.config, "mask", True)
+    refused = np.zeros((len(agents), env.layout.actions), bool)
     active = np.ones(len(agents), bool)
     state = env.state()
-    masks = np.stack([obs[a]["action_mask"] for a in agents])
+    masks = allowed(env, active, refused, told)
     while env.agents:
         actions = learner.act(state.reshape(len(agents), -1), active, masks, explore)
-        obs, rewards, *_ = env.step({a: int(actions[i]) for i, a in enumerate(agents) if active[i]})
-        next_active = np.array([a in env.agents for a in agents])
+        _, rewards, terminations, _, infos = env.step(
+            {a: int(actions[i]) for i, a in enumerate(agents) if active[i]}
+        )
+        for i in np.flatnonzero(active):
+            if infos[agents[i]]["run"] is None:
+                refused[i, actions[i]] = True
+            else:  # the agent's task moved on: a new state, nothing refused in it yet
+                refused[i] = False
+        # an agent stays active while its task has work, also past the step limit, so
+        # that a truncated episode bootstraps from the state it stopped in
+        next_active = np.array([not terminations.get(a, True) for a in agents])
         next_state = env.state()
-        next_masks = np.stack([obs[a]["action_mask"] if a in env.agents else idle for a in agents])
+        next_masks = allowed(env, next_active, refused, told)
         if explore:
             reward = np.array([rewards.get(a, 0.0) for a in agents])
             learner.observe(
@@ -96,11 +121,19 @@ def run_episode(
                     next_state=next_state,
                     next_active=next_active,
                     next_masks=next_masks,
-                    terminal=not env.agents,
+                    terminal=not next_active.any(),
+                    truncated=next_active.any() and not env.agents,
                 )
             )
         state, active, masks = next_state, next_active, next_masks
     return env.summary()
+
+
+def allowed(env: OffloadEnv, active: np.ndarray, refused: np.ndarray, told: bool) -> np.ndarray:
+    """(I, A) int8: the env's valid actions if the agents are ``told`` them, else every
+    action not yet refused in the current state; zeros for inactive agents."""
+    ok = env.masks() > 0 if told else ~refused
+    return (ok & active[:, None]).astype(np.int8)
 
 
 def new_learner(algo: str, config: Any, env: OffloadEnv, seed: int) -> Learner:

@@ -1,0 +1,162 @@
+"""Benchmark the speed targets of issue 11: env steps, decisions, training, scaling.
+
+    python benchmarks/bench_speed.py [--algos ucb-coma ...] [--episodes 100] [--cpu]
+        [--tasks 5 20 50 100] [--edges 20] [--scale-episodes 8] [--plot cost.png]
+
+Prints, on the paper scenario: the environment's joint steps per second at
+5 agents (uniformly random valid actions), each learner's decision latency for
+one joint action of 5 agents (exploring), and the wall time of a short training
+run per learner. Then, on the paper scenario widened to ``--edges`` edge servers
+(the paper's three edges repeated) and ``--tasks`` agents, the cost of one
+decision: UCB-COMA's joint action, one env step, and one training step (the
+wall time of a few UCB-COMA training episodes per joint step, updates
+included), plotted against the number of tasks to ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from llmoffload.env import OffloadEnv
+from llmoffload.methods import LEARNERS
+from llmoffload.scenario import Scenario, load_scenario
+from llmoffload.training import make_config, new_learner, run_episode, train
+
+clock = time.perf_counter  # --cpu: time.process_time, steadier on a shared machine
+
+
+def widened(tasks: int, edges: int) -> Scenario:
+    """The paper scenario with ``tasks`` tasks and ``edges`` edge servers: the paper's
+    edges (text, image, audio) repeated in turn, then its cloud."""
+    sc = load_scenario("paper")
+    paper_edges = [s for s in sc.servers if s.kind == "edge"]
+    servers = [
+        paper_edges[k % len(paper_edges)].model_copy(
+            update={"name": f"{paper_edges[k % len(paper_edges)].name}-{k}"}
+        )
+        for k in range(edges)
+    ]
+    servers.append(sc.servers[sc.cloud])
+    workload = sc.workload.model_copy(update={"tasks": tasks})
+    return sc.model_copy(update={"servers": servers, "workload": workload})
+
+
+def random_valid(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniformly random valid action per row of masks (I, A)."""
+    return (rng.random(masks.shape) * masks).argmax(-1)
+
+
+def env_step_seconds(scenario: Scenario, seconds: float) -> tuple[float, int]:
+    """Seconds per joint env step with random valid actions, and the steps timed."""
+    env = OffloadEnv(scenario)
+    rng = np.random.default_rng(0)
+    steps, began = 0, clock()
+    obs, _ = env.reset(seed=0)
+    while clock() - began < seconds:
+        if not env.agents:
+            obs, _ = env.reset()
+        masks = np.stack([obs[a]["action_mask"] for a in env.agents])
+        obs, *_ = env.step(dict(zip(env.agents, random_valid(masks, rng).tolist(), strict=True)))
+        steps += 1
+    return (clock() - began) / steps, steps
+
+
+def decision_seconds(algo: str, scenario: Scenario, seconds: float) -> float:
+    """Seconds for one exploring joint action of every agent, at an episode's start."""
+    env = OffloadEnv(scenario)
+    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
+    obs, _ = env.reset(seed=0)
+    state = env.state().reshape(len(env.possible_agents), -1)
+    masks = np.stack([obs[a]["action_mask"] for a in env.possible_agents])
+    active = np.ones(len(env.possible_agents), bool)
+    return per_call(lambda: learner.act(state, active, masks, True), seconds)
+
+
+def per_call(fn: Callable[[], object], seconds: float) -> float:
+    """Mean seconds per call over about ``seconds``, after a few warm-up calls."""
+    for _ in range(5):
+        fn()
+    calls, began = 0, clock()
+    while clock() - began < seconds:
+        fn()
+        calls += 1
+    return (clock() - began) / calls
+
+
+def train_seconds(algo: str, scenario: Scenario, episodes: int) -> float:
+    """Wall seconds of a training run, its run directory included."""
+    with tempfile.TemporaryDirectory() as out:
+        began = clock()
+        train(algo, scenario, episodes, 0, Path(out), make_config(algo, {}), progress=False)
+        return clock() - began
+
+
+def episode_seconds(algo: str, scenario: Scenario, episodes: int) -> tuple[float, int]:
+    """Wall seconds of ``episodes`` training episodes (acting and learning, no run
+    directory) and the joint steps they took."""
+    env = OffloadEnv(scenario)
+    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
+    steps, began = 0, clock()
+    for e in range(episodes):
+        steps += int(run_episode(env, learner, e, True)["steps"])
+    return clock() - began, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", nargs="+", default=list(LEARNERS))
+    parser.add_argument("--episodes", type=int, default=100, help="training episodes per run")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing per measurement")
+    parser.add_argument("--tasks", nargs="+", type=int, default=[5, 20, 50, 100])
+    parser.add_argument("--edges", type=int, default=20)
+    parser.add_argument(
+        "--scale-episodes", type=int, default=8, help="enough to fill a batch and update"
+    )
+    parser.add_argument("--plot", type=Path, help="PNG of the cost per decision vs tasks")
+    parser.add_argument("--cpu", action="store_true", help="CPU seconds instead of wall")
+    args = parser.parse_args()
+    global clock
+    clock = time.process_time if args.cpu else time.perf_counter
+
+    paper = load_scenario("paper")
+    step, _ = env_step_seconds(paper, args.seconds)
+    print(f"env: {1 / step:,.0f} joint steps/s (5 agents, random valid actions)\n")
+    print(f"| method | decision ms (5 agents) | train s ({args.episodes} episodes) |")
+    print("|---|---:|---:|")
+    for algo in args.algos:
+        decide = decision_seconds(algo, paper, args.seconds)
+        print(f"| {algo} | {decide * 1e3:.3f} | {train_seconds(algo, paper, args.episodes):.1f} |")
+
+    print(f"\nucb-coma, {args.edges} edges: cost of one decision (ms) and of an episode (s)\n")
+    print("| tasks | act ms | env step ms | training ms per step | training s per episode |")
+    print("|---:|---:|---:|---:|---:|")
+    costs: dict[str, list[float]] = {"act": [], "env step": [], "training step": []}
+    for tasks in args.tasks:
+        sc = widened(tasks, args.edges)
+        act = decision_seconds("ucb-coma", sc, args.seconds) * 1e3
+        step = env_step_seconds(sc, args.seconds)[0] * 1e3
+        wall, steps = episode_seconds("ucb-coma", sc, args.scale_episodes)
+        per_step = wall / steps * 1e3
+        for key, value in zip(costs, (act, step, per_step), strict=True):
+            costs[key].append(value)
+        print(
+            f"| {tasks} | {act:.3f} | {step:.3f} | {per_step:.1f} "
+            f"| {wall / args.scale_episodes:.2f} |"
+        )
+    if args.plot:
+        from llmoffload.plots import Panel, line_chart  # matplotlib only when plotting
+
+        zero = np.zeros(len(args.tasks))
+        series = {key: (np.array(v), zero) for key, v in costs.items()}
+        line_chart([Panel("tasks (agents)", "ms per decision", args.tasks, series)], args.plot)
+        print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
