@@ -2,7 +2,7 @@
 
     python benchmarks/bench_learning.py [--algos ucb-coma coma ...] [--seeds 0 1 2]
         [--protocols paper masked] [--episodes 700] [--eval-episodes 50]
-        [--workers 2] [--out runs/bench]
+        [--lockstep 8] [--workers 2] [--out runs/bench]
 
 Per protocol and method, over the seeds: the wall time of a training run, the mean
 reward of its last 50 episodes (mean ± sd, and the worst seed), the change over
@@ -36,7 +36,16 @@ def one_run(algo: str, protocol: str, seed: int, args: argparse.Namespace) -> di
     run = args.out / f"{algo}-{protocol}-seed{seed}"
     began = time.perf_counter()
     config = make_config(algo, {}, protocol)
-    rows = train(algo, load_scenario("paper"), args.episodes, seed, run, config, progress=False)
+    rows = train(
+        algo,
+        load_scenario("paper"),
+        args.episodes,
+        seed,
+        run,
+        config,
+        progress=False,
+        lockstep=args.lockstep,
+    )
     wall = time.perf_counter() - began
     ev = evaluate_run(run, args.eval_episodes, args.time_limit, progress=False)
     return {
@@ -64,6 +73,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=700)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--time-limit", type=float, default=10.0)
+    parser.add_argument("--lockstep", type=int, default=1, help="episodes played at once")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
@@ -75,7 +85,7 @@ def main() -> None:
 
     print(
         f"{args.episodes} training episodes, {args.eval_episodes} held-out episodes, "
-        f"seeds {args.seeds}, {args.workers} worker(s)"
+        f"seeds {args.seeds}, {args.lockstep} at once, {args.workers} worker(s)"
     )
     for protocol in args.protocols:
         print(f"\n### protocol: {protocol}\n")

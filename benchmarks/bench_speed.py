@@ -1,16 +1,21 @@
 """Benchmark the speed targets of issue 11: env steps, decisions, training, scaling.
 
-    python benchmarks/bench_speed.py [--algos ucb-coma ...] [--episodes 100] [--cpu]
-        [--tasks 5 20 50 100] [--edges 20] [--scale-episodes 8] [--plot cost.png]
+    python benchmarks/bench_speed.py [--algos ucb-coma ...] [--episodes 700] [--cpu]
+        [--lockstep 8] [--tasks 5 20 50 100] [--edges 20] [--scale-episodes 8]
+        [--plot cost.png]
 
 Prints, on the paper scenario: the environment's joint steps per second at
-5 agents (uniformly random valid actions), each learner's decision latency for
-one joint action of 5 agents (exploring), and the wall time of a short training
-run per learner. Then, on the paper scenario widened to ``--edges`` edge servers
-(the paper's three edges repeated) and ``--tasks`` agents, the cost of one
-decision: UCB-COMA's joint action, one env step, and one training step (the
-wall time of a few UCB-COMA training episodes per joint step, updates
-included), plotted against the number of tasks to ``--plot``.
+5 agents (uniformly random valid actions, resets included, through
+``OffloadEnv.play``, the trainer's path), each learner's decision latency for
+one joint action of 5 agents (exploring) alone and per episode when
+``--lockstep`` episodes act in one call, and the wall time of a training run
+per learner (run directory included), one episode at a time (the default) and
+``--lockstep`` at a time. Then, on the
+paper scenario widened to ``--edges`` edge servers (the paper's three edges
+repeated) and ``--tasks`` agents, the cost of one decision: UCB-COMA's joint
+action, one env step, and one training step (the wall time of a few UCB-COMA
+training episodes per joint step, updates included), plotted against the
+number of tasks to ``--plot``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from llmoffload.env import OffloadEnv
 from llmoffload.methods import LEARNERS
 from llmoffload.scenario import Scenario, load_scenario
-from llmoffload.training import make_config, new_learner, run_episode, train
+from llmoffload.training import LOCKSTEP, make_config, new_learner, run_episodes, train
 
 clock = time.perf_counter  # --cpu: time.process_time, steadier on a shared machine
 
@@ -57,25 +62,28 @@ def env_step_seconds(scenario: Scenario, seconds: float) -> tuple[float, int]:
     env = OffloadEnv(scenario)
     rng = np.random.default_rng(0)
     steps, began = 0, clock()
-    obs, _ = env.reset(seed=0)
+    env.reset(seed=0)
     while clock() - began < seconds:
         if not env.agents:
-            obs, _ = env.reset()
-        masks = np.stack([obs[a]["action_mask"] for a in env.agents])
-        obs, *_ = env.step(dict(zip(env.agents, random_valid(masks, rng).tolist(), strict=True)))
+            env.reset()
+        actions = random_valid(env.masks(), rng)
+        actions[np.array(env.ex.left) == 0] = -1
+        env.play(actions)
         steps += 1
     return (clock() - began) / steps, steps
 
 
-def decision_seconds(algo: str, scenario: Scenario, seconds: float) -> float:
-    """Seconds for one exploring joint action of every agent, at an episode's start."""
+def decision_seconds(algo: str, scenario: Scenario, seconds: float, lockstep: int = 1) -> float:
+    """Seconds per episode for one exploring joint action of every agent at an episode's
+    start, ``lockstep`` episodes in one call."""
     env = OffloadEnv(scenario)
     learner = new_learner(algo, make_config(algo, {}), env, seed=0)
-    obs, _ = env.reset(seed=0)
-    state = env.state().reshape(len(env.possible_agents), -1)
-    masks = np.stack([obs[a]["action_mask"] for a in env.possible_agents])
-    active = np.ones(len(env.possible_agents), bool)
-    return per_call(lambda: learner.act(state, active, masks, True), seconds)
+    env.reset(seed=0)
+    agents = len(env.possible_agents)
+    state = np.stack([env.state().reshape(agents, -1)] * lockstep)
+    masks = np.stack([env.masks()] * lockstep)
+    active = np.ones((lockstep, agents), bool)
+    return per_call(lambda: learner.act(state, active, masks, True), seconds) / lockstep
 
 
 def per_call(fn: Callable[[], object], seconds: float) -> float:
@@ -89,29 +97,35 @@ def per_call(fn: Callable[[], object], seconds: float) -> float:
     return (clock() - began) / calls
 
 
-def train_seconds(algo: str, scenario: Scenario, episodes: int) -> float:
+def train_seconds(algo: str, scenario: Scenario, episodes: int, lockstep: int) -> float:
     """Wall seconds of a training run, its run directory included."""
     with tempfile.TemporaryDirectory() as out:
         began = clock()
-        train(algo, scenario, episodes, 0, Path(out), make_config(algo, {}), progress=False)
+        config = make_config(algo, {})
+        train(algo, scenario, episodes, 0, Path(out), config, progress=False, lockstep=lockstep)
         return clock() - began
 
 
-def episode_seconds(algo: str, scenario: Scenario, episodes: int) -> tuple[float, int]:
+def episode_seconds(
+    algo: str, scenario: Scenario, episodes: int, lockstep: int
+) -> tuple[float, int]:
     """Wall seconds of ``episodes`` training episodes (acting and learning, no run
-    directory) and the joint steps they took."""
-    env = OffloadEnv(scenario)
-    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
+    directory), ``lockstep`` at a time, and the joint steps they took."""
+    envs = [OffloadEnv(scenario) for _ in range(lockstep)]
+    learner = new_learner(algo, make_config(algo, {}), envs[0], seed=0)
     steps, began = 0, clock()
-    for e in range(episodes):
-        steps += int(run_episode(env, learner, e, True)["steps"])
+    for first in range(0, episodes, lockstep):
+        seeds = list(range(first, min(first + lockstep, episodes)))
+        played = run_episodes(envs[: len(seeds)], learner, seeds, True)
+        steps += sum(int(s["steps"]) for s in played)
     return clock() - began, steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", nargs="+", default=list(LEARNERS))
-    parser.add_argument("--episodes", type=int, default=100, help="training episodes per run")
+    parser.add_argument("--episodes", type=int, default=700, help="training episodes per run")
+    parser.add_argument("--lockstep", type=int, default=8, help="episodes at once")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per measurement")
     parser.add_argument("--tasks", nargs="+", type=int, default=[5, 20, 50, 100])
     parser.add_argument("--edges", type=int, default=20)
@@ -126,14 +140,21 @@ def main() -> None:
 
     paper = load_scenario("paper")
     step, _ = env_step_seconds(paper, args.seconds)
+    k = args.lockstep
     print(f"env: {1 / step:,.0f} joint steps/s (5 agents, random valid actions)\n")
-    print(f"| method | decision ms (5 agents) | train s ({args.episodes} episodes) |")
-    print("|---|---:|---:|")
+    print(
+        f"| method | decision ms, alone | decision ms per episode, {k} at once "
+        f"| train s ({args.episodes} episodes), one by one | train s, {k} at once |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for algo in args.algos:
-        decide = decision_seconds(algo, paper, args.seconds)
-        print(f"| {algo} | {decide * 1e3:.3f} | {train_seconds(algo, paper, args.episodes):.1f} |")
+        alone = decision_seconds(algo, paper, args.seconds) * 1e3
+        batched = decision_seconds(algo, paper, args.seconds, k) * 1e3
+        one = train_seconds(algo, paper, args.episodes, LOCKSTEP)
+        many = train_seconds(algo, paper, args.episodes, k)
+        print(f"| {algo} | {alone:.3f} | {batched:.3f} | {one:.1f} | {many:.1f} |")
 
-    print(f"\nucb-coma, {args.edges} edges: cost of one decision (ms) and of an episode (s)\n")
+    print(f"\nucb-coma, {args.edges} edges: cost of a decision (ms) and of an episode (s)\n")
     print("| tasks | act ms | env step ms | training ms per step | training s per episode |")
     print("|---:|---:|---:|---:|---:|")
     costs: dict[str, list[float]] = {"act": [], "env step": [], "training step": []}
@@ -141,7 +162,7 @@ def main() -> None:
         sc = widened(tasks, args.edges)
         act = decision_seconds("ucb-coma", sc, args.seconds) * 1e3
         step = env_step_seconds(sc, args.seconds)[0] * 1e3
-        wall, steps = episode_seconds("ucb-coma", sc, args.scale_episodes)
+        wall, steps = episode_seconds("ucb-coma", sc, args.scale_episodes, LOCKSTEP)
         per_step = wall / steps * 1e3
         for key, value in zip(costs, (act, step, per_step), strict=True):
             costs[key].append(value)

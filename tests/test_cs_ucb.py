@@ -68,10 +68,10 @@ class Recording:
         self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
     ) -> np.ndarray:
         actions = self.inner.act(obs, active, masks, explore)
-        rows = np.flatnonzero(active)
-        assert (masks[rows, actions[rows]] == 1).all()
+        rows = np.nonzero(active)
+        assert (masks[(*rows, actions[rows])] == 1).all()
         assert (actions[~active] == -1).all()
-        self.decisions += len(rows)
+        self.decisions += int(active.sum())
         _, servers, _, _ = self.inner.layout.split(obs)
         self.down_seen += int((servers[..., -1] == 0).any())  # last server feature: up
         return actions

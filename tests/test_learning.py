@@ -183,18 +183,19 @@ class Watched(OffloadEnv):
     worst = 0
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
-        self.streak = dict.fromkeys(self.possible_agents, (-1, 0))  # (action, times in a row)
+        self.streak = [(-1, 0)] * len(self.possible_agents)  # (action, times in a row)
         return super().reset(seed, options)
 
-    def step(self, actions: dict[str, int]) -> tuple[dict, dict, dict, dict, dict]:
-        out = super().step(actions)
-        for a, info in out[4].items():
-            last, times = self.streak[a]
-            refused = info["run"] is None
-            self.streak[a] = (
-                (actions[a], times + 1 if last == actions[a] else 1) if refused else (-1, 0)
-            )
-            self.worst = max(self.worst, self.streak[a][1])
+    def play(self, actions: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        out = super().play(actions)
+        for i, info in enumerate(out[1]):
+            if info:  # the agent acted
+                last, times = self.streak[i]
+                refused = info["run"] is None
+                self.streak[i] = (
+                    (actions[i], times + 1 if last == actions[i] else 1) if refused else (-1, 0)
+                )
+                self.worst = max(self.worst, self.streak[i][1])
         return out
 
 

@@ -173,7 +173,7 @@ def test_greedy_takes_the_best_valid_action_and_learns_nothing(env: OffloadEnv) 
     valid = np.flatnonzero(masks[0])
     assert chosen[0] == valid[np.argmax(logp[valid])]
     greedy_objectives(env, learner, 3)  # whole greedy episodes: nothing stored or updated
-    assert learner.rollout == [] and learner.steps == learner.updates == 0
+    assert learner.rollouts == {} and learner.steps == learner.updates == 0
     assert all(torch.equal(p, q) for p, q in zip(before, learner.actors.parameters(), strict=True))
 
 
@@ -185,7 +185,7 @@ def test_updates_at_the_first_episode_end_past_rollout_steps(env: OffloadEnv) ->
         run_episode(env, learner, episode_seed(0, TRAIN, len(lengths)), True)
         lengths.append(env.steps)
     assert sum(lengths[:-1]) < 30 <= sum(lengths) == learner.steps
-    assert learner.rollout == []  # on-policy: the rollout is spent
+    assert learner.rollouts == {}  # on-policy: the rollout is spent
     assert learner.value_norm.debias.item() > 0
     assert not all(
         torch.equal(p, q) for p, q in zip(before, learner.critic.parameters(), strict=True)

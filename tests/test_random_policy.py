@@ -49,9 +49,9 @@ class Recording:
         self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
     ) -> np.ndarray:
         actions = self.inner.act(obs, active, masks, explore)
-        rows = np.flatnonzero(active)
-        self.actions += actions[rows].tolist()
-        self.valid += self.env.masks()[rows, actions[rows]].tolist()
+        rows = np.flatnonzero(active[0])  # run_episode: one episode, lockstep row 0
+        self.actions += actions[0, rows].tolist()
+        self.valid += self.env.masks()[rows, actions[0, rows]].tolist()
         return actions
 
     def observe(self, transition: Transition) -> None:

@@ -23,6 +23,7 @@ from llmoffload.heuristics import heft
 from llmoffload.instance import sample_instance
 from llmoffload.report import Record, Verdict, check_claims, normalise, ratio_to
 from llmoffload.runtime.local import free_port
+from llmoffload.scenario import load_scenario
 from llmoffload.stats import ci95, trend
 from llmoffload.sweep import Grid, execute, plan
 from llmoffload.training import EVAL, episode_seed, evaluate_scheduler
@@ -274,3 +275,14 @@ def test_reference_reward_is_what_the_environment_pays_for_the_same_schedule() -
         assert env.summary()["violations_precedence"] == 0
         assert row["reward"] == pytest.approx(env.summary()["reward"], rel=1e-12)
         assert row["objective"] == pytest.approx(env.summary()["objective"], rel=1e-12)
+
+
+def test_a_run_draws_the_instances_train_draws() -> None:
+    """The sweep keeps the scenario's own order (a workflow's node order decides the draws):
+    at the paper's W and T_max, a run's seed gives the instances ``train`` gives."""
+    grid = Grid(methods=("random",), failure_method="random", seeds=(0,), protocols=("paper",))
+    spec = next(s for s in plan(grid) if (s.bandwidth_mhz, s.deadline_s) == (6.0, 3.0))
+    for seed in range(5):
+        swept = sample_instance(spec.resolved_scenario(), np.random.default_rng(seed))
+        direct = sample_instance(load_scenario("paper"), np.random.default_rng(seed))
+        assert swept.tasks == direct.tasks

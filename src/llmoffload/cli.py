@@ -375,6 +375,10 @@ def schedule_cmd(
         typer.echo(schedule_text(policy, instance_file, inst, outcome))
 
 
+LOCKSTEP_HELP = (
+    "Training episodes played at once, one forward of the networks for all (default 1: "
+    "one by one; more is faster, and cost UCB-COMA and COMA reward, see docs)."
+)
 PROTOCOL_HELP = (
     "paper: learn which actions are valid from the penalties, as the paper (an agent does "
     "not retry an action refused in the same state); masked: act and learn on valid "
@@ -401,13 +405,14 @@ def train_cmd(
         list[str] | None,
         typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable)."),
     ] = None,
+    lockstep: Annotated[int | None, typer.Option(min=1, help=LOCKSTEP_HELP)] = None,
 ) -> None:
     """Train a learner; writes episodes.csv, checkpoint.pt, reward_curve.png, config.json."""
-    from llmoffload.training import make_config, train  # torch only when asked
+    from llmoffload.training import LOCKSTEP, make_config, train  # torch only when asked
 
     config = make_config(algo, parse_settings(settings or []), protocol)
     sc = load_scenario(scenario)
-    rows = train(algo, sc, episodes, seed, out, config, failure_prob)
+    rows = train(algo, sc, episodes, seed, out, config, failure_prob, lockstep=lockstep or LOCKSTEP)
     tail = rows[-min(50, len(rows)) :]
     mean = sum(r["reward"] for r in tail) / len(tail)
     typer.echo(
@@ -498,6 +503,7 @@ def reproduce_cmd(
         list[str] | None,
         typer.Option(help=f"Report only this protocol (repeatable; default both). {PROTOCOL_HELP}"),
     ] = None,
+    lockstep: Annotated[int | None, typer.Option(min=1, help=LOCKSTEP_HELP)] = None,
 ) -> None:
     """Reproduce the paper's Figs. 4-9: every run cached; figures, CSVs and REPORT.md."""
     import time
@@ -518,6 +524,7 @@ def reproduce_cmd(
         "deadlines_s": tuple(deadline) if deadline else None,
         "failure_probs": tuple(failure_prob) if failure_prob else None,
         "protocols": tuple(dict.fromkeys(protocol)) if protocol else None,
+        "lockstep": lockstep,
     }
     grid = replace(QUICK if quick else Grid(), **{k: v for k, v in given.items() if v is not None})
     if grid.failure_method not in grid.methods:  # Fig. 9 falls to the first method swept

@@ -31,12 +31,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from llmoffload.env import Layout
 from llmoffload.errors import OffloadError
 from llmoffload.learner import Transition, load_parts, save_parts
-from llmoffload.nets import Actors, Critic, ValueNorm, best_valid, sample
+from llmoffload.nets import Actors, Critic, ValueNorm, adam, best_valid, descend, sample
 from llmoffload.replay import ReplayBuffer
 
 
@@ -95,8 +94,8 @@ class Coma:
         self.critic = Critic(layout, agents, config.hidden)
         self.target = Critic(layout, agents, config.hidden)
         self.target.load_state_dict(self.critic.state_dict())
-        self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.actor_opt = adam(self.actors.parameters(), lr=config.actor_lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=config.lr)
         self.counts = np.zeros((agents, layout.actions))  # n_i(j, k); N_i is a row's sum
         self.buffer = ReplayBuffer(config.buffer_size, agents, layout.size, layout.actions, rng)
         self.returns = ValueNorm()  # running mean and sd of the critic's targets
@@ -135,9 +134,8 @@ class Coma:
         else:
             choice = sample(logp, self.generator)
         choice = np.where(active, choice.numpy(), -1)
-        if explore:
-            rows = np.flatnonzero(active)
-            self.counts[rows, choice[rows]] += 1
+        if explore:  # n_i(j, k) counts agent i's choices in every lockstep episode
+            np.add.at(self.counts, (np.nonzero(active)[-1], choice[active]), 1)
         return choice
 
     def bonus(self) -> np.ndarray:
@@ -187,24 +185,18 @@ class Coma:
         q = self.critic(b["state"], b["actions"])
         q_taken = q.gather(-1, taken).squeeze(-1)
         critic_loss = (((q_taken - y.unsqueeze(-1)) ** 2) * active).sum() / active.sum()
-        self.critic_opt.zero_grad()
-        critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
-        self.critic_opt.step()
+        descend(self.critic_opt, critic_loss, c.grad_clip)
 
-        # Actors: counterfactual advantage Q(S, A) - sum_a' pi(a') Q(S, (a', A^-i)).
+        # Actors: counterfactual advantage Q(S, A) - sum_a' pi(a') Q(S, (a', A^-i)), from
+        # the Q the critic gave before its step (as EPyMARL's COMA learner does).
         logp = self.log_pi(obs, b["masks"])
-        with torch.no_grad():
-            q = self.critic(b["state"], b["actions"])
-            advantage = q - (logp.exp() * q).sum(-1, keepdim=True)
         pi = logp.exp()
+        q = q.detach()
+        advantage = q - (pi.detach() * q).sum(-1, keepdim=True)
         entropy = -(pi * logp).sum(-1)
         expected = (pi * advantage).sum(-1)
         actor_loss = -((expected + c.entropy * entropy) * active).sum() / active.sum()
-        self.actor_opt.zero_grad()
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actors.parameters(), c.grad_clip)
-        self.actor_opt.step()
+        descend(self.actor_opt, actor_loss, c.grad_clip)
 
         self.updates += 1
         if self.updates % c.target_every == 0:

@@ -77,14 +77,14 @@ class CsUcb:
         self.progress = 0.0  # unused: CS-UCB has no schedule, but the trainer sets it
 
     def arms(self, obs: np.ndarray) -> np.ndarray:
-        """obs (I, O) -> the arm of every action (I, A): modality(j) * S + k.
+        """obs (..., I, O) -> the arm of every action (..., I, A): modality(j) * S + k.
 
         Padding subtasks read as modality 0; they are always masked out.
         """
         _, _, nodes, _ = self.layout.split(obs)
         modality = nodes[..., 1 : 1 + self.layout.modalities].argmax(-1)  # (I, J)
         servers = np.arange(self.layout.servers)
-        return (modality[..., None] * self.layout.servers + servers).reshape(len(obs), -1)
+        return (modality[..., None] * self.layout.servers + servers).reshape(*obs.shape[:-1], -1)
 
     def scores(self, arms: np.ndarray, explore: bool) -> np.ndarray:
         """Each arm's index: its UCB (untried: +inf) when exploring, else its mean."""

@@ -187,24 +187,46 @@ class OffloadEnv(ParallelEnv):
         self.agents = list(self.possible_agents)
         self._statics()
         self._draw_failures()
-        return self._observations(), {a: {} for a in self.agents}
+        self._refresh()
+        return {a: self._observation(i) for i, a in enumerate(self.agents)}, {
+            a: {} for a in self.agents
+        }
 
     def step(self, actions: dict[str, int]) -> tuple[dict, dict, dict, dict, dict]:
-        rewards = {a: 0.0 for a in self.agents}
-        infos: dict[str, dict] = {a: {} for a in self.agents}
-        acting = [a for a in self.agents if a in actions]
-        for pick in self.rng.permutation(len(acting)):  # the draws of permuting the names
-            a = acting[pick]
-            j, k = divmod(int(actions[a]), self.layout.servers)
-            rewards[a], infos[a] = self._apply(self._index[a], j, k)
+        joint = np.full(len(self.possible_agents), -1)
+        for a in self.agents:
+            if a in actions:
+                joint[self._index[a]] = actions[a]
+        live = self.agents
+        rewards, infos = self.play(joint)
+        terminations = {a: self.ex.left[self._index[a]] == 0 for a in live}
+        truncations = {a: self.steps >= self.max_steps for a in live}
+        return (
+            {a: self._observation(self._index[a]) for a in live},
+            {a: float(rewards[self._index[a]]) for a in live},
+            terminations,
+            truncations,
+            {a: infos[self._index[a]] for a in live},
+        )
+
+    def play(self, actions: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """``step`` on arrays, for the trainer: one action per agent (-1: none), in
+        the random order drawn for the step -> each agent's reward and info (its
+        ``run``, None if refused, and its violations; empty if it did not act).
+        The PettingZoo ``step`` is this plus the per-agent dictionaries."""
+        rewards = np.zeros(len(self.possible_agents))
+        infos: list[dict] = [{} for _ in self.possible_agents]
+        acting = np.flatnonzero(actions >= 0)
+        for i in acting[self.rng.permutation(len(acting))]:
+            j, k = divmod(int(actions[i]), self.layout.servers)
+            rewards[i], infos[i] = self._apply(int(i), j, k)
         self.steps += 1
-        self.total_reward += sum(rewards.values())
+        self.total_reward += float(rewards.sum())
         self._draw_failures()
-        terminations = {a: self.ex.left[self._index[a]] == 0 for a in self.agents}
-        truncations = {a: self.steps >= self.max_steps for a in self.agents}
-        observations = self._observations()
-        self.agents = [a for a in self.agents if not (terminations[a] or truncations[a])]
-        return observations, rewards, terminations, truncations, infos
+        self._refresh()
+        more = self.steps < self.max_steps
+        self.agents = [a for a in self.agents if more and self.ex.left[self._index[a]]]
+        return rewards, infos
 
     def _apply(self, i: int, j: int, k: int) -> tuple[float, dict]:
         """Reward of agent i dispatching subtask j to server k (SPEC §4), executed if valid."""
@@ -265,9 +287,23 @@ class OffloadEnv(ParallelEnv):
         self._serves[i, j] = self._serves_modality[m]
         self._dispatched = np.zeros(self._real.shape, bool)  # set by _apply, the one dispatcher
 
+    def _refresh(self) -> None:
+        """Build the observations and masks once per step, for every reader."""
+        self._obs = self._build_observations()
+        self._masks = self._build_masks()
+
     def observations(self) -> np.ndarray:
         """Every agent's flat observation (I, O): P_i, server features, node features,
-        adjacency, as the Layout lays them out."""
+        adjacency, as the Layout lays them out. Read-only: shared until the next step."""
+        return self._obs
+
+    def masks(self) -> np.ndarray:
+        """Every agent's action mask (I, J * S): 1 where (subtask j, server k) would be
+        executed now: j is pending with all its predecessors dispatched, k serves its
+        modality and is up. Read-only: shared until the next step."""
+        return self._masks
+
+    def _build_observations(self) -> np.ndarray:
         obs = self._template.copy()
         p, servers, nodes, _ = self.layout.split(obs)  # views into obs
         p[:] = self._dispatched
@@ -276,33 +312,25 @@ class OffloadEnv(ParallelEnv):
         servers[..., -1] = ~self.down
         return obs
 
-    def masks(self) -> np.ndarray:
-        """Every agent's action mask (I, J * S): 1 where (subtask j, server k) would be
-        executed now: j is pending with all its predecessors dispatched, k serves its
-        modality and is up."""
+    def _build_masks(self) -> np.ndarray:
         waiting = (self._preds & ~self._dispatched[:, :, None]).any(1)
         ready = self._real & ~self._dispatched & ~waiting
         mask = ready[..., None] & self._serves & ~self.down
         return mask.astype(np.int8).reshape(len(mask), -1)
 
     def observe(self, agent: str) -> dict[str, np.ndarray]:
-        i = self._index[agent]
-        return {"observation": self.observations()[i], "action_mask": self.masks()[i]}
+        return self._observation(self._index[agent])
 
     def action_mask(self, i: int) -> np.ndarray:
         """Agent i's row of ``masks()``."""
-        return self.masks()[i]
+        return self._masks[i]
 
-    def _observations(self) -> dict[str, dict[str, np.ndarray]]:
-        obs, masks = self.observations(), self.masks()
-        return {
-            a: {"observation": obs[self._index[a]], "action_mask": masks[self._index[a]]}
-            for a in self.agents
-        }
+    def _observation(self, i: int) -> dict[str, np.ndarray]:
+        return {"observation": self._obs[i], "action_mask": self._masks[i]}
 
     def state(self) -> np.ndarray:
         """Global state for centralised critics: every agent's observation, concatenated."""
-        return self.observations().ravel()
+        return self._obs.ravel()
 
     # -- results ---------------------------------------------------------------
 

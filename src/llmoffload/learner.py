@@ -4,11 +4,12 @@ A learner (UCB-COMA, COMA, and the paper's other baselines) is built from
 ``(layout, agents, config, rng)`` and offers:
 
 - ``act(obs, active, masks, explore) -> actions``: one action per agent
-  (-1 for inactive ones). ``obs`` is (I, O), ``masks`` (I, A) the env's
-  action masks; an exploring learner may ignore them (the paper's agents
-  learn from penalties), while ``explore=False`` acts greedily over valid
-  actions and learns nothing.
-- ``observe(transition)``: one environment step, to learn from.
+  (-1 for inactive ones). ``obs`` is (..., I, O), ``active`` (..., I) and
+  ``masks`` (..., I, A) the actions allowed; a leading axis holds episodes
+  played in lockstep (``training.run_episodes``), one forward for all.
+  ``explore=False`` acts greedily over valid actions and learns nothing.
+- ``observe(transition)``: one environment step of one episode, to learn from;
+  the steps of lockstep episodes arrive in episode order within each step.
 - ``state_dict()`` / ``load_state_dict(state)``: checkpoints.
 - ``progress``: the fraction of training done, set by the trainer.
 """
@@ -35,6 +36,7 @@ class Transition:
     next_masks: np.ndarray  # (I, A) valid actions at the next state
     terminal: bool  # every subtask is dispatched: nothing to bootstrap from
     truncated: bool = False  # the step limit ended the episode with work left: bootstrap
+    env: int = 0  # which of the lockstep episodes (row of ``act``'s batch) it belongs to
 
 
 class Learner(Protocol):

@@ -34,7 +34,7 @@ from torch import nn
 
 from llmoffload.env import Layout
 from llmoffload.learner import Transition, load_parts, save_parts
-from llmoffload.nets import Actors, best_valid
+from llmoffload.nets import Actors, adam, best_valid, descend
 from llmoffload.replay import ReplayBuffer
 
 
@@ -137,8 +137,8 @@ class Maddpg:
         self.target_critic = JointCritic(layout, agents, config.hidden)
         self.target_actors.load_state_dict(self.actors.state_dict())
         self.target_critic.load_state_dict(self.critic.state_dict())
-        self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=config.lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.actor_opt = adam(self.actors.parameters(), lr=config.lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=config.lr)
         self.buffer = ReplayBuffer(config.buffer_size, agents, layout.size, layout.actions, rng)
         self.steps = 0
         self.updates = 0
@@ -191,18 +191,12 @@ class Maddpg:
             y = b["reward"].unsqueeze(-1) + c.gamma * (1.0 - b["terminal"].unsqueeze(-1)) * q_next
         taken = self.rows(one_hot(b["actions"], actions))
         critic_loss = ((self.critic(b["state"], taken) - y) ** 2).mean()
-        self.critic_opt.zero_grad()
-        critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
-        self.critic_opt.step()
+        descend(self.critic_opt, critic_loss, c.grad_clip)
 
         # Actors: ascend Q_i through agent i's straight-through Gumbel-softmax action.
         losses = self.actor_losses(b["state"], b["active"], b["masks"])
         actor_loss = (losses * b["active"]).sum() / b["active"].sum()
-        self.actor_opt.zero_grad()
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actors.parameters(), c.grad_clip)
-        self.actor_opt.step()
+        descend(self.actor_opt, actor_loss, c.grad_clip)
 
         self.updates += 1
         self.update_targets()

@@ -12,7 +12,8 @@ Algorithm 1 of Yu et al. (MAPPO), step by step, as this file follows it:
   for every step t, for every agent a: p_t = pi(o_t^a), u_t^a ~ p_t, v_t^a = V(s_t, a)
       (log p_t(u_t^a) and v_t^a are kept for the update)   ``Mappo.act``
   execute u_t, observe r_t, s_t+1; append to the trajectory ``Mappo.observe``
-  once the rollout holds ``rollout_steps`` steps and an episode has ended:
+  once the rollout holds ``rollout_steps`` steps and no episode is under way
+  (episodes played in lockstep are kept apart, one trajectory each):
       GAE advantages and rewards-to-go, the latter normalised by running
       statistics (on-policy's ValueNorm in place of PopArt) ``gae``, ``ValueNorm``
   for ``ppo_epoch`` passes, for each of ``num_mini_batch`` random minibatches:
@@ -35,7 +36,7 @@ from torch import nn
 
 from llmoffload.env import Layout
 from llmoffload.learner import Transition, load_parts, save_parts
-from llmoffload.nets import Actors, ValueNorm, best_valid, mlp, sample
+from llmoffload.nets import Actors, ValueNorm, adam, best_valid, descend, mlp, sample
 
 
 @dataclass
@@ -162,13 +163,10 @@ class Mappo:
             self.actors = Actors(layout, agents, config.hidden)
             self.critic = StateValue(agents * layout.size, agents, config.hidden)
         self.value_norm = ValueNorm()
-        self.actor_opt = torch.optim.Adam(
-            self.actors.parameters(), lr=config.lr, eps=config.adam_eps
-        )
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(), lr=config.critic_lr, eps=config.adam_eps
-        )
-        self.rollout: list[dict[str, np.ndarray]] = []
+        self.actor_opt = adam(self.actors.parameters(), lr=config.lr, eps=config.adam_eps)
+        self.critic_opt = adam(self.critic.parameters(), lr=config.critic_lr, eps=config.adam_eps)
+        # each lockstep episode's steps, in order: GAE runs along one episode at a time
+        self.rollouts: dict[int, list[dict[str, np.ndarray]]] = {}
         self.acted: tuple[np.ndarray, np.ndarray] | None = None  # (log pi(u), V) of the step
         self.steps = 0
         self.updates = 0
@@ -187,11 +185,14 @@ class Mappo:
         """Sample u_i ~ pi(. | o_i) and keep log pi(u_i) and V(s, i) for the update when
         exploring; argmax of pi over the valid actions, learning nothing, when not."""
         logp = self.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
-        if explore:
+        if explore:  # kept as (episodes, I): row e for lockstep episode e
             choice = sample(logp, self.generator)
             taken = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-            values = self.critic(torch.as_tensor(obs).flatten())
-            self.acted = (taken.numpy(), values.numpy())
+            values = self.critic(torch.as_tensor(obs).flatten(-2))
+            self.acted = (
+                taken.reshape(-1, self.agents).numpy(),
+                values.reshape(-1, self.agents).numpy(),
+            )
         else:
             choice = best_valid(logp, torch.as_tensor(masks))
         return np.where(active, choice.numpy(), -1)
@@ -202,13 +203,12 @@ class Mappo:
         """Add the step to the rollout; update once it is long enough and an episode ends."""
         if self.acted is None:
             raise RuntimeError("observe() needs the step's act(..., explore=True) first")
-        old_logp, values = self.acted
-        self.acted = None
+        old_logp, values = self.acted[0][t.env], self.acted[1][t.env]
         reward = np.full(self.agents, t.rewards.sum()) if self.config.shared_reward else t.rewards
         end = t.terminal or t.truncated
         with torch.no_grad():  # V(S') to bootstrap from where the step limit cut in
             cut = self.critic(torch.as_tensor(t.next_state)) if t.truncated else 0 * values
-        self.rollout.append(
+        self.rollouts.setdefault(t.env, []).append(
             {
                 "state": t.state,
                 "actions": t.actions,
@@ -223,7 +223,8 @@ class Mappo:
             }
         )
         self.steps += 1
-        if end and len(self.rollout) >= self.config.rollout_steps:
+        closed = all(steps[-1]["end"] for steps in self.rollouts.values())
+        if closed and sum(map(len, self.rollouts.values())) >= self.config.rollout_steps:
             self.update()
 
     # -- learning --------------------------------------------------------------
@@ -231,11 +232,12 @@ class Mappo:
     def update(self) -> None:
         """GAE on the rollout, then ``ppo_epoch`` passes of minibatch Adam steps; clear."""
         c = self.config
+        rollout = [step for e in sorted(self.rollouts) for step in self.rollouts[e]]
+        self.rollouts = {}
         b = {
-            k: torch.as_tensor(np.stack([step[k] for step in self.rollout]), dtype=torch.float32)
-            for k in self.rollout[0]
+            k: torch.as_tensor(np.stack([step[k] for step in rollout]), dtype=torch.float32)
+            for k in rollout[0]
         }
-        self.rollout = []
         actions = b["actions"].long().clamp(min=0)
         with torch.no_grad():
             values = self.value_norm.denormalize(b["value"])
@@ -281,10 +283,7 @@ class Mappo:
         logp, entropy = self.evaluate_actions(state, masks, actions)
         surrogate = clipped_surrogate(logp, old_logp, advantage, c.clip)
         actor_loss = -masked_mean(surrogate, active) - c.entropy * masked_mean(entropy, active)
-        self.actor_opt.zero_grad()
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actors.parameters(), c.grad_clip)
-        self.actor_opt.step()
+        descend(self.actor_opt, actor_loss, c.grad_clip)
 
         # The critic learns on every step, active or not: V(S, i) is defined (and
         # bootstrapped from) after agent i's task is done too.
@@ -293,10 +292,7 @@ class Mappo:
         value_loss = clipped_value_loss(
             self.critic(state), old_values, targets, c.clip, c.huber_delta
         ).mean()
-        self.critic_opt.zero_grad()
-        (c.value_coef * value_loss).backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
-        self.critic_opt.step()
+        descend(self.critic_opt, c.value_coef * value_loss, c.grad_clip)
 
     def evaluate_actions(
         self, state: torch.Tensor, masks: torch.Tensor, actions: torch.Tensor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import torch
@@ -83,6 +83,22 @@ class Actors(nn.Module):
         """Agent i alone, on its weights only: obs (..., O) -> log-probabilities (..., A)."""
         own = {name: p[i : i + 1] for name, p in self.named_parameters()}
         return functional_call(self, own, (obs.unsqueeze(-2),)).squeeze(-2)
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam as one fused kernel over all parameters: the same update as the default
+    per-tensor loop up to float rounding (~1e-6 relative), at a fifth of its time
+    on these small networks (``benchmarks/bench_speed.py``)."""
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+
+
+def descend(opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """One optimiser step on ``loss``, the gradient's global norm clipped to ``grad_clip``."""
+    opt.zero_grad()
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    opt.step()
 
 
 def best_valid(logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,8 @@ class RandomPolicy:
         """One uniform draw per agent over all actions (over the valid ones with
         ``config.mask``); -1 for inactive ones."""
         if not self.config.mask:
-            return np.where(active, self.rng.integers(self.actions, size=len(active)), -1)
-        valid = np.where(active[:, None], masks > 0, True)  # inactive rows: any action
+            return np.where(active, self.rng.integers(self.actions, size=active.shape), -1)
+        valid = np.where(active[..., None], masks > 0, True)  # inactive rows: any action
         choice = (self.rng.random(valid.shape) * valid).argmax(-1)
         return np.where(active, choice, -1)
 

@@ -37,7 +37,14 @@ from llmoffload.errors import OffloadError
 from llmoffload.files import write_text_atomic
 from llmoffload.methods import LEARNERS
 from llmoffload.scenario import Scenario, load_scenario, parse_scenario
-from llmoffload.training import PROTOCOLS, evaluate_run, evaluate_scheduler, make_config, train
+from llmoffload.training import (
+    LOCKSTEP,
+    PROTOCOLS,
+    evaluate_run,
+    evaluate_scheduler,
+    make_config,
+    train,
+)
 
 RESULT_FORMAT = "llmoffload-result/2"  # 2: runs carry their protocol
 REFERENCES = ("heft", "optimal")  # evaluated beside the learners, never trained
@@ -58,6 +65,7 @@ class Grid:
     protocols: tuple[str, ...] = PROTOCOLS  # each gets its own figures and claims
     seeds: tuple[int, ...] = (0, 1, 2)
     episodes: int = 700  # the paper's
+    lockstep: int = LOCKSTEP  # training episodes played at once
     eval_episodes: int = 50
     time_limit_s: float = 10.0  # Optimal, per held-out instance
     scenario: str = "paper"
@@ -78,8 +86,8 @@ class Grid:
             raise OffloadError("failure probabilities must lie in [0, 1)")
         if not self.seeds:
             raise OffloadError("at least one seed is needed")
-        if self.episodes < 1 or self.eval_episodes < 1:
-            raise OffloadError("episodes and held-out episodes must be at least 1")
+        if min(self.episodes, self.eval_episodes, self.lockstep) < 1:
+            raise OffloadError("episodes, held-out episodes and lockstep must be at least 1")
         base = load_scenario(self.scenario)
         for w, t in self.settings():
             variant(base, w, t)  # raises on a bad W or T_max
@@ -107,6 +115,7 @@ class RunSpec:
     failure_prob: float
     seed: int
     episodes: int  # 0 for HEFT and Optimal, which do not train
+    lockstep: int  # training episodes played at once; 0 for HEFT and Optimal
     eval_episodes: int
     time_limit_s: float  # 0 for learners, whose numbers it does not change
     scenario: str = field(repr=False)
@@ -157,7 +166,9 @@ def plan(grid: Grid) -> list[RunSpec]:
     """Every run the figures need, each once: a run the protocol does not change is
     shared by every protocol's figures."""
     grid.check()
-    base = json.dumps(load_scenario(grid.scenario).model_dump(mode="json"), sort_keys=True)
+    # in the scenario's own order: a workflow's node order decides the instances drawn,
+    # so sorted keys would give other instances than ``train --scenario`` for one seed
+    base = json.dumps(load_scenario(grid.scenario).model_dump(mode="json"))
     at = grid.bandwidth_mhz, grid.deadline_s
     points = [(m, w, t, 0.0) for m in grid.methods for w, t in grid.settings()]
     points += [(grid.failure_method, *at, p) for p in grid.failure_probs]
@@ -173,6 +184,7 @@ def plan(grid: Grid) -> list[RunSpec]:
             failure_prob=p,
             seed=seed,
             episodes=grid.episodes if learner else 0,
+            lockstep=grid.lockstep if learner else 0,
             eval_episodes=grid.eval_episodes,
             time_limit_s=0.0 if learner else grid.time_limit_s,
             scenario=base,
@@ -201,7 +213,16 @@ def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
     else:
         config = spec.config()
         trained = train(
-            spec.method, scenario, spec.episodes, spec.seed, out, config, spec.failure_prob, False
+            spec.method,
+            scenario,
+            spec.episodes,
+            spec.seed,
+            out,
+            config,
+            spec.failure_prob,
+            progress=False,
+            lockstep=spec.lockstep,
+            plot=False,  # the sweep draws its own figures
         )
         curve = [row["reward"] for row in trained]
         rows = evaluate_run(out, spec.eval_episodes, progress=False, references=False)

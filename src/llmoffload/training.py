@@ -31,6 +31,10 @@ from llmoffload.scenario import Scenario, parse_scenario
 from llmoffload.schedulers import SCHEDULERS
 
 TRAIN, EVAL = 0, 1
+# training episodes played at once by default: one, since K > 1 acts on a policy up to
+# K episodes old and cost UCB-COMA and COMA reward (docs/assumptions.md, measured)
+LOCKSTEP = 1
+EVAL_LOCKSTEP = 50  # held-out episodes played at once (greedy: each plays as if alone)
 # How the learners treat invalid actions: "paper" learns from the env's penalties (the
 # paper's agents); "masked" acts on valid actions only, as CS-UCB always does.
 PROTOCOLS = ("paper", "masked")
@@ -79,7 +83,22 @@ def run_episode(
     explore: bool,
     instance: Instance | None = None,
 ) -> dict[str, float]:
-    """Play one episode; an exploring learner also learns from it.
+    """Play one episode; an exploring learner also learns from it."""
+    return run_episodes([env], learner, [seed], explore, [instance])[0]
+
+
+def run_episodes(
+    envs: list[OffloadEnv],
+    learner: Learner,
+    seeds: list[int],
+    explore: bool,
+    instances: list[Instance | None] | None = None,
+) -> list[dict[str, float]]:
+    """Play one episode in each env, in lockstep: each step, one ``act`` for all of them
+    (one forward of the networks instead of one per episode), then each env's step and
+    transition in env order. An exploring learner learns from the transitions as they
+    come. Each episode's instance and env draws come from its own seed, so a greedy
+    learner (``explore=False``, Random excepted) plays each episode as if alone.
 
     The masks a learner acts on: the env's valid actions when it is evaluated, under
     the masked protocol, and for CS-UCB (whose constraint filter they are); else, under
@@ -87,46 +106,48 @@ def run_episode(
     in. A refused action changes nothing, so the agent knows a retry fails: it learns
     validity from the penalties without ever repeating a refusal.
     """
-    env.reset(seed=seed, options={"instance": instance} if instance else None)
-    agents = env.possible_agents
+    for env, seed, inst in zip(envs, seeds, instances or [None] * len(envs), strict=True):
+        env.reset(seed=seed, options={"instance": inst} if inst else None)
+    agents, actions = len(envs[0].possible_agents), envs[0].layout.actions
     told = not explore or getattr(learner.config, "mask", True)
-    refused = np.zeros((len(agents), env.layout.actions), bool)
-    active = np.ones(len(agents), bool)
-    state = env.state()
-    masks = allowed(env, active, refused, told)
-    while env.agents:
-        actions = learner.act(state.reshape(len(agents), -1), active, masks, explore)
-        _, rewards, terminations, _, infos = env.step(
-            {a: int(actions[i]) for i, a in enumerate(agents) if active[i]}
-        )
-        for i in np.flatnonzero(active):
-            if infos[agents[i]]["run"] is None:
-                refused[i, actions[i]] = True
-            else:  # the agent's task moved on: a new state, nothing refused in it yet
-                refused[i] = False
-        # an agent stays active while its task has work, also past the step limit, so
-        # that a truncated episode bootstraps from the state it stopped in
-        next_active = np.array([not terminations.get(a, True) for a in agents])
-        next_state = env.state()
-        next_masks = allowed(env, next_active, refused, told)
-        if explore:
-            reward = np.array([rewards.get(a, 0.0) for a in agents])
-            learner.observe(
-                Transition(
-                    state=state,
-                    actions=actions,
-                    active=active,
-                    masks=masks,
-                    rewards=reward,
-                    next_state=next_state,
-                    next_active=next_active,
-                    next_masks=next_masks,
-                    terminal=not next_active.any(),
-                    truncated=next_active.any() and not env.agents,
+    refused = np.zeros((len(envs), agents, actions), bool)
+    active = np.ones((len(envs), agents), bool)
+    state = np.stack([env.state() for env in envs])
+    masks = np.stack([allowed(env, active[e], refused[e], told) for e, env in enumerate(envs)])
+    while any(env.agents for env in envs):
+        chosen = learner.act(state.reshape(len(envs), agents, -1), active, masks, explore)
+        next_state, next_active, next_masks = state.copy(), active.copy(), masks.copy()
+        for e, env in enumerate(envs):
+            if not env.agents:
+                continue
+            rewards, infos = env.play(chosen[e])
+            executed = np.array([info.get("run") is not None for info in infos])
+            failed = active[e] & ~executed
+            refused[e, failed, chosen[e, failed]] = True
+            refused[e, executed] = False  # the agent's task moved on: nothing refused yet
+            # an agent stays active while its task has work, also past the step limit,
+            # so that a truncated episode bootstraps from the state it stopped in
+            next_active[e] = active[e] & (np.array(env.ex.left) > 0)
+            next_state[e] = env.state()
+            next_masks[e] = allowed(env, next_active[e], refused[e], told)
+            if explore:
+                learner.observe(
+                    Transition(
+                        state=state[e],
+                        actions=chosen[e],
+                        active=active[e],
+                        masks=masks[e],
+                        rewards=rewards,
+                        next_state=next_state[e],
+                        next_active=next_active[e],
+                        next_masks=next_masks[e],
+                        terminal=not next_active[e].any(),
+                        truncated=next_active[e].any() and not env.agents,
+                        env=e,
+                    )
                 )
-            )
         state, active, masks = next_state, next_active, next_masks
-    return env.summary()
+    return [env.summary() for env in envs]
 
 
 def allowed(env: OffloadEnv, active: np.ndarray, refused: np.ndarray, told: bool) -> np.ndarray:
@@ -157,15 +178,19 @@ def train(
     config: Any,
     failure_prob: float = 0.0,
     progress: bool = True,
+    lockstep: int = LOCKSTEP,
+    plot: bool = True,
 ) -> list[dict[str, float]]:
-    """Train ``episodes`` episodes and write the run directory; returns the CSV rows."""
-    env = OffloadEnv(scenario, failure_prob=failure_prob)
-    learner = new_learner(algo, config, env, seed)
+    """Train ``episodes`` episodes, ``lockstep`` at a time (``run_episodes``), and write
+    the run directory (``reward_curve.png`` if ``plot``); returns the CSV rows."""
+    envs = [OffloadEnv(scenario, failure_prob=failure_prob) for _ in range(lockstep)]
+    learner = new_learner(algo, config, envs[0], seed)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "algo": algo,
         "seed": seed,
         "episodes": episodes,
+        "lockstep": lockstep,
         "failure_prob": failure_prob,
         "config": asdict(config),
         "scenario": scenario.model_dump(mode="json"),
@@ -173,21 +198,28 @@ def train(
     write_text_atomic(out / "config.json", json.dumps(meta, indent=1) + "\n")
     board = tensorboard(out)
     rows = []
-    for e in tqdm(range(episodes), desc=f"train {algo}", unit="ep", disable=not progress):
-        learner.progress = e / episodes
-        row = {"episode": e, **run_episode(env, learner, episode_seed(seed, TRAIN, e), True)}
-        rows.append(row)
-        if board:
-            for key in ("reward", "objective", "latency", "cost", "undone"):
-                board.add_scalar(f"episode/{key}", row[key], e)
+    bar = tqdm(total=episodes, desc=f"train {algo}", unit="ep", disable=not progress)
+    for first in range(0, episodes, lockstep):
+        block = range(first, min(first + lockstep, episodes))
+        learner.progress = first / episodes
+        seeds = [episode_seed(seed, TRAIN, e) for e in block]
+        played = run_episodes(envs[: len(block)], learner, seeds, True)
+        for e, summary in zip(block, played, strict=True):
+            rows.append({"episode": e, **summary})
+            if board:
+                for key in ("reward", "objective", "latency", "cost", "undone"):
+                    board.add_scalar(f"episode/{key}", summary[key], e)
+        bar.update(len(block))
+    bar.close()
     if board:
         board.close()
     write_csv(out / "episodes.csv", rows)
     with replacing(out / "checkpoint.pt") as tmp:
         torch.save({**meta, "learner": learner.state_dict()}, tmp)
-    from llmoffload.plots import reward_curve  # matplotlib only when writing figures
+    if plot:
+        from llmoffload.plots import reward_curve  # matplotlib only when writing figures
 
-    reward_curve({algo: [r["reward"] for r in rows]}, out / "reward_curve.png")
+        reward_curve({algo: [r["reward"] for r in rows]}, out / "reward_curve.png")
     return rows
 
 
@@ -256,17 +288,26 @@ def evaluate_run(
     progress: bool = True,
     references: bool = True,
 ) -> list[dict[str, float]]:
-    """Greedy, masked, non-learning episodes on held-out instances, beside HEFT and
-    Optimal unless ``references`` is off (a sweep evaluates those once per setting)."""
+    """Greedy, masked, non-learning episodes on held-out instances, ``EVAL_LOCKSTEP`` at a
+    time, beside HEFT and Optimal unless ``references`` is off (a sweep evaluates those
+    once per setting)."""
     ckpt, learner, env = load_run(run)
+    cases = list(held_out(env.scenario, ckpt["seed"], episodes))
+    envs = [env] + [OffloadEnv(env.scenario, env.failure_prob) for _ in cases[1:EVAL_LOCKSTEP]]
     rows = []
-    cases = held_out(env.scenario, ckpt["seed"], episodes)
-    for e, seed, inst in tqdm(cases, "evaluate", episodes, unit="ep", disable=not progress):
-        row = {"episode": e, **run_episode(env, learner, seed, False, inst)}
-        if references:
-            for name in ("heft", "optimal"):
-                row[name] = scheduler_schedule(name, inst, seed, time_limit_s)[0].objective
-        rows.append(row)
+    bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress)
+    for first in range(0, episodes, EVAL_LOCKSTEP):
+        block = cases[first : first + EVAL_LOCKSTEP]
+        seeds, instances = [seed for _, seed, _ in block], [inst for *_, inst in block]
+        played = run_episodes(envs[: len(block)], learner, seeds, False, instances)
+        for (e, seed, inst), summary in zip(block, played, strict=True):
+            row = {"episode": e, **summary}
+            if references:
+                for name in ("heft", "optimal"):
+                    row[name] = scheduler_schedule(name, inst, seed, time_limit_s)[0].objective
+            rows.append(row)
+            bar.update()
+    bar.close()
     write_csv(run / "evaluation.csv", rows)
     return rows
 
