@@ -22,10 +22,12 @@ import pytest
 from helpers import approx, distance_for_snr, sub
 from pettingzoo.test import parallel_api_test
 
-from llmoffload.env import VIOLATIONS, OffloadEnv
+from llmoffload.env import VIOLATIONS, OffloadEnv, schedule_reward
 from llmoffload.execution import evaluate
-from llmoffload.instance import Instance, Task
+from llmoffload.heuristics import heft
+from llmoffload.instance import Instance, Task, sample_instance
 from llmoffload.network import link_rates
+from llmoffload.optimal import solve
 from llmoffload.scenario import Scenario, load_scenario
 from llmoffload.validate import violations
 
@@ -195,6 +197,62 @@ def test_reward_clean_dispatches() -> None:
     assert all(summary[f"violations_{k}"] == 0 for k in VIOLATIONS)
     for field in ("objective", "latency", "cost", "deadline_misses"):
         assert math.isnan(summary[field])
+
+
+def objective_form(scenario: Scenario) -> dict[str, object]:
+    """The scenario update that selects the objective-aligned reward."""
+    return {"reward": scenario.reward.model_copy(update={"form": "objective"})}
+
+
+def test_objective_reward_by_hand() -> None:
+    """The objective form pays theta minus what the dispatch adds to its task's weighted
+    objective: the first subtask adds its whole span and cost; a subtask queued behind
+    another on the same edge adds its waiting too."""
+    env = hand_env(**objective_form(PAPER))
+    upload, compute, cost = hand_terms(1800, TEXT)  # VQA's analyse on the text edge
+    reward, _ = act(env, "task_0", 0, TEXT)
+    assert reward == approx(THETA - GAMMA * (upload + compute) - (1 - GAMMA) * cost)
+    # CHAIN's a on the same edge waits for VQA's analyse to end (1.81e-3 s), then runs:
+    # its latency so far (span from its own first start) is only its own duration.
+    up_a, comp_a = 1200 / (6e6 * math.log2(2)), 1900 * 1200 / 2e9  # SNR 1: 6 Mbps
+    reward, _ = act(env, "task_1", 0, TEXT)
+    assert env.runs[-1].start == approx(1.81e-3)
+    assert reward == approx(THETA - GAMMA * (up_a + comp_a) - (1 - GAMMA) * 1900 * 1200 * 1e-11)
+    # CHAIN's b, the exit, on the cloud: the task's latency grows to b's end minus a's
+    # start plus the result's download from the cloud; b adds that growth and its cost.
+    ex = env.ex
+    before = ex.latency_so_far(1)
+    added = ex.objective_increase(1, 1, CLOUD)
+    reward, _ = act(env, "task_1", 1, CLOUD)
+    run = env.runs[-1]
+    after = run.end - ex.start[1][0] + ex.tables.downlink[1][CLOUD]
+    assert ex.latency_so_far(1) == approx(after)
+    assert added == approx(GAMMA * (after - before) + (1 - GAMMA) * run.cost)
+    assert reward == approx(THETA - added)
+
+
+@pytest.mark.parametrize("latency", ["span", "arrival"])
+def test_objective_return_is_bonuses_minus_objective(latency: str) -> None:
+    """Replaying HEFT's and Optimal's schedules one dispatch per step: the return is
+    exactly theta x on-time dispatches - lateness penalties - the objective (here every
+    dispatch is on time), which is what ``schedule_reward`` pays a classic scheduler."""
+    sc = with_tasks(PAPER, 3, latency=latency, **objective_form(PAPER))
+    env = OffloadEnv(sc, max_steps=100)
+    for seed in range(4):
+        inst = sample_instance(sc, np.random.default_rng(seed))
+        for schedule in (
+            evaluate(inst, heft(inst, np.random.default_rng(0))),
+            solve(inst, time_limit_s=10).schedule,
+        ):
+            env.reset(seed=0, options={"instance": inst})
+            for d in schedule.order:
+                env.step({env.possible_agents[d.task]: d.subtask * S + d.server})
+            summary = env.summary()
+            assert summary["violations_precedence"] == 0 and summary["undone"] == 0
+            assert summary["objective"] == approx(schedule.objective)
+            want = THETA * len(schedule.runs) - schedule.objective
+            assert summary["reward"] == approx(want)
+            assert schedule_reward(sc, schedule) == approx(want)
 
 
 def test_reward_precedence() -> None:

@@ -89,7 +89,7 @@ def test_optimal_beats_every_heuristic(seed: int, tasks: int, latency: str) -> N
     instance = sample_instance(scenario, np.random.default_rng(seed), tasks)
     solution = solve(instance, time_limit_s=30)
     assert solution.proven
-    for name in ("random-valid", "all-cloud", "greedy", "heft"):
+    for name in (name for name in SCHEDULERS if name != "optimal"):
         order = SCHEDULERS[name](instance, np.random.default_rng(seed))
         assert solution.schedule.objective <= evaluate(instance, order).objective + TICK_SLOP
 

@@ -35,21 +35,25 @@ Array = TypeVar("Array")  # a numpy array or a torch tensor
 VIOLATIONS = ("repeat", "precedence", "modality", "failure", "deadline")
 
 
-def run_reward(sc: Scenario, run: Run) -> float:
-    """SPEC §4's reward of one executed dispatch: the bonus if it ends by T_max,
-    else the lateness penalty, minus its weighted time and cost.
-
-    Summed over a schedule's runs it is the episode reward of replaying that
-    schedule with no refused action, which puts HEFT and Optimal on the
-    learners' scale.
-    """
+def on_time(sc: Scenario, run: Run) -> float:
+    """The bonus q * theta if the dispatch ends by T_max, else minus the lateness
+    penalty eta3: the part both reward forms share."""
     late = max(0.0, run.end - sc.t_max_s)
-    return (
-        (0.0 if late > 0 else sc.reward.bonus)  # q * theta
-        - sc.reward.penalty * late  # eta3
-        - sc.gamma * (run.upload + run.compute)
-        - (1.0 - sc.gamma) * run.cost
-    )
+    return sc.reward.bonus if late == 0 else -sc.reward.penalty * late
+
+
+def run_reward(sc: Scenario, run: Run) -> float:
+    """SPEC §4's reward of one executed dispatch (form ``paper``): ``on_time`` minus
+    its weighted time and cost."""
+    return on_time(sc, run) - sc.gamma * (run.upload + run.compute) - (1.0 - sc.gamma) * run.cost
+
+
+def schedule_reward(sc: Scenario, schedule: Schedule) -> float:
+    """The return of replaying a finished schedule with no refused action, in the
+    scenario's reward form: it puts HEFT and Optimal on the learners' scale."""
+    if sc.reward.form == "paper":
+        return sum(run_reward(sc, run) for run in schedule.runs)
+    return sum(on_time(sc, run) for run in schedule.runs) - schedule.objective
 
 
 def outcome(schedule: Schedule) -> dict[str, float]:
@@ -246,12 +250,14 @@ class OffloadEnv(ParallelEnv):
             kinds.append("failure")
         if kinds:
             return self._refuse(kinds, penalty)
+        added = ex.objective_increase(i, j, k) if sc.reward.form == "objective" else 0.0
         run = ex.dispatch(i, j, k)
         self._dispatched[i, j] = True
         late = run.end > sc.t_max_s
         if late:
             self.violations["deadline"] += 1
-        return run_reward(sc, run), {"run": run, "violations": ["deadline"] if late else []}
+        reward = run_reward(sc, run) if sc.reward.form == "paper" else on_time(sc, run) - added
+        return reward, {"run": run, "violations": ["deadline"] if late else []}
 
     def _refuse(self, kinds: str | list[str], penalty: float) -> tuple[float, dict]:
         kinds = [kinds] if isinstance(kinds, str) else kinds

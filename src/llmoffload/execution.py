@@ -209,15 +209,43 @@ class Execution:
         self.runs.append(run)
         return run
 
+    def latency_so_far(
+        self, task: int, extra: tuple[int, int, float, float] | None = None
+    ) -> float:
+        """The task's latency over its dispatched subtasks (plus ``extra`` = (subtask,
+        server, start, end) if given): latest end minus first start (or arrival), plus
+        the result's download once the exit is among them; T_i when all are dispatched."""
+        t = self.tables
+        runs = [
+            (j, s, self.start[task][j], self.end[task][j])
+            for j, s in enumerate(self.placed[task])
+            if s >= 0
+        ]
+        runs += [extra] if extra else []
+        if not runs:
+            return 0.0
+        first = 0.0 if t.from_arrival else min(r[2] for r in runs)
+        exit_ = len(self.placed[task]) - 1
+        down = sum(t.downlink[task][s] for j, s, *_ in runs if j == exit_)
+        return max(r[3] for r in runs) - first + down
+
+    def objective_increase(self, task: int, subtask: int, server: int) -> float:
+        """What dispatching now would add to the task's weighted objective so far,
+        gamma * latency_so_far + (1 - gamma) * cost so far (queue waiting included):
+        summed over a schedule's dispatches, it is the schedule's objective."""
+        t = self.tables
+        start, end = self.timing(task, subtask, server)
+        grown = self.latency_so_far(task, (subtask, server, start, end))
+        latency = grown - self.latency_so_far(task)
+        return t.gamma * latency + (1.0 - t.gamma) * t.cost[task][subtask][server]
+
     def task_result(self, task: int) -> TaskResult:
         """T_i and Cost_i of a task whose subtasks are all dispatched (SPEC §3)."""
         t = self.tables
         if self.left[task]:
             raise InvalidDispatch(f"task {task} still has {self.left[task]} subtasks to dispatch")
-        placed = self.placed[task]
-        first = 0.0 if t.from_arrival else min(self.start[task])
-        latency = max(self.end[task]) - first + t.downlink[task][placed[-1]]
-        cost = sum(t.cost[task][j][s] for j, s in enumerate(placed))
+        latency = self.latency_so_far(task)
+        cost = sum(t.cost[task][j][s] for j, s in enumerate(self.placed[task]))
         objective = t.gamma * latency + (1.0 - t.gamma) * cost
         return TaskResult(latency, cost, t.t_max - latency, objective)
 

@@ -6,6 +6,7 @@ dispatch sequence that the execution model accepts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from statistics import fmean
 
 import numpy as np
@@ -85,13 +86,12 @@ def upward_ranks(tables: Tables) -> list[list[float]]:
     return ranks
 
 
-def heft(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
-    """HEFT (Topcuoglu et al., TPDS 2002), modality-aware, on the FIFO edge model.
-
-    Subtasks of all tasks go in decreasing upward rank; each takes the server
-    where it finishes earliest when appended to that server's queue (the
-    model has no insertion into idle gaps).
-    """
+def list_schedule(
+    instance: Instance, cost: Callable[[Execution, int, int, int], float]
+) -> list[Dispatch]:
+    """List scheduling: subtasks of all tasks in decreasing upward rank, each appended to
+    the queue of the server where ``cost(ex, task, subtask, server)`` is least (ties: the
+    lowest server index; the model has no insertion into idle gaps)."""
     ex = Execution(instance)
     t = ex.tables
     ranks = upward_ranks(t)
@@ -100,8 +100,19 @@ def heft(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
         key=lambda ij: (-ranks[ij[0]][ij[1]], ij),
     )
     for i, j in order:
-        server = min(
-            (s for s in t.servers if t.supports(i, j, s)), key=lambda s: ex.timing(i, j, s)[1]
-        )
+        server = min((s for s in t.servers if t.supports(i, j, s)), key=lambda s: cost(ex, i, j, s))
         ex.dispatch(i, j, server)
     return ex.schedule().order
+
+
+def heft(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
+    """HEFT (Topcuoglu et al., TPDS 2002), modality-aware, on the FIFO edge model: each
+    subtask where it finishes earliest. It minimises time and ignores cost."""
+    return list_schedule(instance, lambda ex, i, j, s: ex.timing(i, j, s)[1])
+
+
+def objective_greedy(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
+    """HEFT's order, each subtask where it adds least to its task's weighted objective
+    gamma * latency + (1 - gamma) * cost so far (``Execution.objective_increase``, queue
+    waiting included): the cost-aware list scheduler."""
+    return list_schedule(instance, lambda ex, i, j, s: ex.objective_increase(i, j, s))

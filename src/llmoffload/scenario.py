@@ -187,8 +187,16 @@ class Workload(Model):
 
 
 class Reward(Model):
-    """The MDP's reward constants (paper Table 2): penalty v and bonus theta."""
+    """The MDP's reward: its form and constants (paper Table 2: penalty v, bonus theta).
 
+    ``paper``: an executed dispatch earns the bonus (or the lateness penalty) minus its
+    own weighted upload, compute and cost, as the paper's reward. ``objective``: the
+    bonus (or lateness penalty) minus what it adds to the episode's weighted objective,
+    queue waiting included, so that an episode's return is the bonuses minus the
+    objective minus the penalties.
+    """
+
+    form: Literal["paper", "objective"] = "paper"
     penalty: NonNegative = 1.0
     bonus: NonNegative = 2.0
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from llmoffload.execution import Dispatch
-from llmoffload.heuristics import all_cloud, greedy, heft, random_valid
+from llmoffload.heuristics import all_cloud, greedy, heft, objective_greedy, random_valid
 from llmoffload.instance import Instance
 from llmoffload.optimal import optimal
 
@@ -18,5 +18,6 @@ SCHEDULERS: dict[str, Scheduler] = {
     "all-cloud": all_cloud,
     "greedy": greedy,
     "heft": heft,
+    "objective-greedy": objective_greedy,
     "optimal": optimal,
 }

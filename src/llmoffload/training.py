@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmoffload.env import OffloadEnv, outcome, run_reward
+from llmoffload.env import OffloadEnv, outcome, schedule_reward
 from llmoffload.errors import OffloadError
 from llmoffload.execution import Schedule, evaluate
 from llmoffload.files import replacing, write_csv, write_text_atomic
@@ -316,10 +316,10 @@ def evaluate_scheduler(
     name: str, scenario: Scenario, seed: int, episodes: int, time_limit_s: float = 10.0
 ) -> list[dict[str, float]]:
     """A classic scheduler on the same held-out instances a run of ``seed`` is evaluated on,
-    with the reward the environment would give its schedule (``env.run_reward``)."""
+    with the reward the environment would give its schedule (``env.schedule_reward``)."""
     rows = []
     for e, eseed, inst in held_out(scenario, seed, episodes):
         schedule, proven = scheduler_schedule(name, inst, eseed, time_limit_s)
-        reward = sum(run_reward(scenario, run) for run in schedule.runs)
+        reward = schedule_reward(scenario, schedule)
         rows.append({"episode": e, "reward": reward, "proven": proven, **outcome(schedule)})
     return rows
