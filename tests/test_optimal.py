@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmoffload.execution import Dispatch, Execution, evaluate
+from llmoffload.execution import Dispatch, Execution, Tables, evaluate
 from llmoffload.instance import Instance, sample_instance
-from llmoffload.optimal import solve
+from llmoffload.optimal import relaxed_bound, solve
 from llmoffload.scenario import Scenario, load_scenario
 from llmoffload.schedulers import SCHEDULERS
 
@@ -116,3 +116,41 @@ def test_time_limit_keeps_the_best_schedule_and_a_valid_bound() -> None:
     assert solution.bound <= solution.schedule.objective + TICK_SLOP
     assert 0.0 <= solution.gap <= 1.0
     assert proven.proven and proven.gap == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(tiny_instances())
+def test_relaxed_bound_never_exceeds_the_exhaustive_optimum(instance: Instance) -> None:
+    assert relaxed_bound(Tables(instance)) <= exhaustive(instance) + 1e-12
+
+
+def test_relaxed_bound_of_a_chain_by_hand() -> None:
+    """One linear text task: the critical path is every subtask's fastest duration in
+    turn (the exit's download added on its server), the cost every subtask's cheapest."""
+    base = load_scenario("paper").model_dump()
+    base["workload"]["workflows"] = ["text-analysis"]  # a chain of four text subtasks
+    sc = Scenario.model_validate(base)
+    servers = [0, sc.cloud]  # the text edge and the cloud serve text
+    for seed in range(5):
+        t = Tables(sample_instance(sc, np.random.default_rng(seed), 1))
+        up = [[t.upload[0][j][s] + t.compute[0][j][s] for s in servers] for j in range(4)]
+        path = sum(min(row) for row in up[:3])
+        path += min(d + t.downlink[0][s] for d, s in zip(up[3], servers, strict=True))
+        cost = sum(min(t.cost[0][j][s] for s in servers) for j in range(4))
+        assert relaxed_bound(t) == pytest.approx(sc.gamma * path + (1 - sc.gamma) * cost)
+
+
+def test_an_unproven_solve_reports_a_bound_with_a_real_gap() -> None:
+    """100 tasks on 20 edges in a tenth of a second: CP-SAT proves nothing, and its own
+    bound is 0; the relaxed bound leaves a gap well below 100%."""
+    base = load_scenario("paper").model_dump()
+    edges = [s for s in base["servers"] if s["kind"] == "edge"]
+    base["servers"] = [
+        {**edges[k % 3], "name": f"{edges[k % 3]['name']}-{k}"} for k in range(20)
+    ] + [base["servers"][3]]
+    instance = sample_instance(Scenario.model_validate(base), np.random.default_rng(1), 100)
+    solution = solve(instance, time_limit_s=0.1)
+    assert not solution.proven
+    assert solution.bound == pytest.approx(relaxed_bound(Tables(instance)))
+    assert 0.0 < solution.bound <= solution.schedule.objective
+    assert solution.gap < 0.5
