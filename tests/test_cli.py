@@ -412,3 +412,38 @@ def test_real_process_round_trip(tmp_path: Path) -> None:
     assert failed.stdout == ""
     assert failed.stderr.startswith("error: ")
     assert len(failed.stderr.splitlines()) == 1
+
+
+def test_builtin_variants_differ_from_paper_only_where_they_say() -> None:
+    """dear-cloud and slow-uplink start from paper (``base: paper``): beside the name,
+    one price and one link rate differ, nothing else."""
+    paper = load_scenario("paper").model_dump(mode="json")
+    dear = load_scenario("dear-cloud").model_dump(mode="json")
+    slow = load_scenario("slow-uplink").model_dump(mode="json")
+    assert dear["servers"][3]["usd_per_ghz"] == 10.0
+    dear["servers"][3]["usd_per_ghz"] = paper["servers"][3]["usd_per_ghz"]
+    assert slow["network"]["device_cloud_up_mbps"] == 0.5
+    slow["network"]["device_cloud_up_mbps"] = paper["network"]["device_cloud_up_mbps"]
+    for variant, name in ((dear, "dear-cloud"), (slow, "slow-uplink")):
+        assert variant.pop("name") == name
+        assert variant == {k: v for k, v in paper.items() if k != "name"}
+
+
+def test_a_file_gives_only_what_differs_from_its_base(tmp_path: Path) -> None:
+    """Mappings merge key by key (workload keeps its sizes), lists are replaced, and a
+    relative base is found beside the file."""
+    (tmp_path / "two.yaml").write_text("base: paper\nname: two\nworkload: {tasks: 2}\n")
+    (tmp_path / "dear2.yaml").write_text("base: two.yaml\nname: dear2\ngamma: 0.2\n")
+    sc = load_scenario(tmp_path / "dear2.yaml")
+    paper = load_scenario("paper")
+    assert (sc.name, sc.gamma, sc.workload.tasks) == ("dear2", 0.2, 2)
+    assert sc.workload.sizes == paper.workload.sizes
+    assert sc.servers == paper.servers
+
+
+def test_a_base_that_leads_back_to_itself_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: ./a.yaml\n")
+    assert_one_line_error(cli("scenario", "validate", tmp_path / "a.yaml"), "leads back to itself")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    assert_one_line_error(cli("scenario", "validate", tmp_path / "c.yaml"), "not found")

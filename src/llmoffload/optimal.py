@@ -14,9 +14,10 @@ constraint for propagation. Times are integers of ``resolution_s`` (1 us by
 default) and the weights gamma, 1 - gamma are rounded to 1/1000; the returned
 schedule is always the exact replay of the solver's dispatch sequence through
 the execution model, so only ``bound`` carries that rounding. CP-SAT starts
-from the HEFT schedule as a hint, and HEFT is what comes back if the solver
-finds nothing better within its time limit. The lower bound is CP-SAT's or, where
-that is weaker (at scale it is often 0), ``relaxed_bound``'s.
+from the better of HEFT's and objective-greedy's schedules as a hint, and that is
+what comes back if the solver finds nothing better within its time limit. The
+lower bound is CP-SAT's or, where that is weaker (at scale often 0),
+``relaxed_bound``'s.
 
 OR-Tools is imported when a model is solved, not with the module: it pulls in
 pandas, a third of a second that a training run, which never solves, need not pay.
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmoffload.execution import Dispatch, Schedule, Tables, evaluate
-from llmoffload.heuristics import heft
+from llmoffload.heuristics import heft, objective_greedy
 from llmoffload.instance import Instance
 
 if TYPE_CHECKING:
@@ -186,7 +187,10 @@ def solve(
     terms.append(cw * sum(x[i, j, s] * round(t.cost[i][j][s] * ticks) for i, j, s in x))
     m.minimize(sum(terms))
 
-    hint = heft(instance, np.random.default_rng(0))
+    hint = min(
+        (rule(instance, np.random.default_rng(0)) for rule in (heft, objective_greedy)),
+        key=lambda order: evaluate(t, order).objective,
+    )
     for key, var in x.items():
         m.add_hint(var, key in hint)
 

@@ -249,7 +249,7 @@ class Scenario(Model):
         return self
 
 
-BUILTIN = ("paper",)
+BUILTIN = ("paper", "dear-cloud", "slow-uplink")
 
 
 def one_line(exc: ValidationError) -> str:
@@ -270,8 +270,13 @@ def parse_scenario(data: object, source: str) -> Scenario:
         raise OffloadError(f"{source}: {one_line(exc)}") from None
 
 
-def load_scenario(spec: str | Path) -> Scenario:
-    """Load a built-in scenario by name, or a YAML scenario file by path."""
+def load_scenario(spec: str | Path, _seen: tuple[str, ...] = ()) -> Scenario:
+    """Load a built-in scenario by name, or a YAML scenario file by path.
+
+    A file may start from another scenario with ``base: NAME_OR_PATH`` (a path
+    relative to the file): it then gives only what differs, mappings merged key by
+    key, lists and values replaced whole.
+    """
     if str(spec) in BUILTIN:
         text = resources.files("llmoffload.scenarios").joinpath(f"{spec}.yaml").read_text()
         source = f"built-in scenario '{spec}'"
@@ -289,4 +294,26 @@ def load_scenario(spec: str | Path) -> Scenario:
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "unreadable"
         raise OffloadError(f"{source}: not valid YAML: {problem}") from None
+    if isinstance(data, dict) and "base" in data:
+        data = dict(data)
+        base = str(data.pop("base"))
+        base = base if base in BUILTIN else str(Path(spec).parent / base)
+        seen = (*_seen, identity(spec))
+        if identity(base) in seen:
+            raise OffloadError(f"{source}: base '{base}' leads back to itself")
+        data = merged(load_scenario(base, seen).model_dump(mode="json"), data)
     return parse_scenario(data, source)
+
+
+def identity(spec: str | Path) -> str:
+    """A built-in's name, or a file's resolved path: what a chain of bases may not repeat."""
+    return str(spec) if str(spec) in BUILTIN else str(Path(spec).resolve())
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s values: mappings merged key by key, the rest replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merged(base[key], value) if both else value
+    return out
