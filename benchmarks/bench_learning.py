@@ -1,15 +1,16 @@
-"""Benchmark the learners on the paper scenario, under both protocols.
+"""Benchmark the learners on a scenario (default: the paper's), under both protocols.
 
     python benchmarks/bench_learning.py [--algos ucb-coma coma ...] [--seeds 0 1 2]
         [--protocols paper masked] [--episodes 700] [--eval-episodes 50]
-        [--lockstep 8] [--workers 2] [--out runs/bench]
+        [--lockstep 8] [--scenario paper] [--workers 2] [--out runs/bench]
 
-Per protocol and method, over the seeds: the wall time of a training run, the mean
-reward of its last 50 episodes (mean ± sd, and the worst seed), the change over
-training (least-squares trend, seeds pooled, with its 95% interval), undone subtasks
-per episode in the last 50, and the greedy objective on held-out instances as ratios
-to HEFT and to Optimal. Runs go to a process pool: with more than one worker the wall
-times include the others' load. The speed of the environment and of acting is
+Per protocol and method, over the seeds (on ``--scenario``, a built-in name or a
+file): the wall time of a training run, the mean reward of its last 50 episodes
+(mean ± sd, and the worst seed), the change over training (least-squares trend,
+seeds pooled, with its 95% interval), undone subtasks per episode in the last 50,
+and the greedy objective on held-out instances as ratios to HEFT and to Optimal.
+Runs go to a process pool: with more than one worker the wall times include the
+others' load. The speed of the environment and of acting is
 ``benchmarks/bench_speed.py``'s.
 """
 
@@ -38,7 +39,7 @@ def one_run(algo: str, protocol: str, seed: int, args: argparse.Namespace) -> di
     config = make_config(algo, {}, protocol)
     rows = train(
         algo,
-        load_scenario("paper"),
+        load_scenario(args.scenario),
         args.episodes,
         seed,
         run,
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--time-limit", type=float, default=10.0)
     parser.add_argument("--lockstep", type=int, default=1, help="episodes played at once")
+    parser.add_argument("--scenario", default="paper", help="built-in name or YAML file")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
@@ -85,7 +87,8 @@ def main() -> None:
 
     print(
         f"{args.episodes} training episodes, {args.eval_episodes} held-out episodes, "
-        f"seeds {args.seeds}, {args.lockstep} at once, {args.workers} worker(s)"
+        f"seeds {args.seeds}, {args.lockstep} at once, {args.workers} worker(s), "
+        f"scenario {args.scenario}"
     )
     for protocol in args.protocols:
         print(f"\n### protocol: {protocol}\n")
