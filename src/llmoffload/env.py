@@ -192,9 +192,8 @@ class OffloadEnv(ParallelEnv):
         self._statics()
         self._draw_failures()
         self._refresh()
-        return {a: self._observation(i) for i, a in enumerate(self.agents)}, {
-            a: {} for a in self.agents
-        }
+        observations = {a: self._observation(i) for i, a in enumerate(self.agents)}
+        return observations, {a: {} for a in self.agents}
 
     def step(self, actions: dict[str, int]) -> tuple[dict, dict, dict, dict, dict]:
         joint = np.full(len(self.possible_agents), -1)
