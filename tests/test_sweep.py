@@ -34,8 +34,8 @@ TINY = [
     "--deadline", "3", "--failure-prob", "0", "--failure-prob", "0.2",
 ]  # fmt: skip
 # seeds x (protocols x (learners x W + one failure run) + references x W)
-RUNS = 2 * (2 * (2 * 2 + 1) + 2 * 2)
-MASKED_RUNS = 2 * (2 * 2 + 1 + 2 * 2)  # --protocol masked alone: the same, one protocol
+RUNS = 2 * (2 * (2 * 2 + 1) + 3 * 2)
+MASKED_RUNS = 2 * (2 * 2 + 1 + 3 * 2)  # --protocol masked alone: the same, one protocol
 FILES = [
     *(f"fig{k}_{name}{tag}.{ext}" for k, name in [(4, "reward_curves"), (5, "bandwidth_reward"),
       (6, "bandwidth_weighted_sum"), (7, "deadline_reward"), (8, "deadline_weighted_sum"),
@@ -86,7 +86,7 @@ def test_tiny_sweep_writes_every_file_and_a_second_run_reruns_nothing(swept: Pat
         assert "| COMA is second on reward | **not tested** | coma not in the sweep |" in part
         assert f"### Fig. 4: training reward at the base setting ({protocol} protocol)" in part
         assert f"![fig9_failures{tag}](fig9_failures{tag}.png)" in part
-        assert "| heft |" in part and "| optimal |" in part
+        assert all(f"| {m} |" in part for m in ("heft", "objective-greedy", "optimal"))
     assert "Optimal is proven optimal on 8 of 8 held-out instances" in report
     before = results(swept)
     assert len(before) == RUNS
@@ -99,7 +99,7 @@ def test_a_changed_setting_reruns_only_the_runs_it_touches(swept: Path, tmp_path
     shutil.copytree(swept, out)
     before = results(out)
     stdout = finish(reproduce(out, "--bandwidth", "5.5"))
-    new = 2 * (2 * 2 + 2)  # seeds x (protocols x learners + references) at the new bandwidth
+    new = 2 * (2 * 2 + 3)  # seeds x (protocols x learners + references) at the new bandwidth
     assert f"{RUNS + new} runs: {new} ran, {RUNS} cached" in stdout
     after = results(out)
     assert {p: after[p] for p in before} == before
@@ -122,7 +122,7 @@ def test_the_plan_runs_each_learner_per_protocol_and_the_rest_once() -> None:
     both = plan(grid)
     assert Counter((s.method, s.protocol) for s in both) == {
         **{(m, p): 1 for m in ("ucb-coma", "random") for p in ("paper", "masked")},
-        **{(m, "any"): 1 for m in ("cs-ucb", "heft", "optimal")},
+        **{(m, "any"): 1 for m in ("cs-ucb", "heft", "objective-greedy", "optimal")},
     }
     masked = plan(replace(grid, protocols=("masked",)))
     assert {s.protocol for s in masked} == {"masked", "any"}

@@ -47,7 +47,7 @@ from llmoffload.training import (
 )
 
 RESULT_FORMAT = "llmoffload-result/2"  # 2: runs carry their protocol
-REFERENCES = ("heft", "optimal")  # evaluated beside the learners, never trained
+REFERENCES = ("heft", "objective-greedy", "optimal")  # beside the learners, never trained
 ANY = "any"  # the protocol of a run that every protocol would run alike
 
 
