@@ -7,6 +7,7 @@ no traceback, and no output file.
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import subprocess
@@ -383,6 +384,24 @@ def test_train_protocol_sets_the_mask_and_set_overrides_it(
     run = tmp_path / "run"
     assert_ok(cli("train", "--algo", "random", "--episodes", 1, "--out", run, *extra))
     assert json.loads((run / "config.json").read_text())["config"] == {"mask": mask}
+
+
+def test_train_reward_objective_pays_bonuses_minus_the_objective(tmp_path: Path) -> None:
+    """Random on valid actions is never refused or late here, so each episode's return
+    under ``--reward objective`` is theta (2) per subtask minus its objective."""
+    run = tmp_path / "run"
+    args = ("--algo", "random", "--protocol", "masked", "--episodes", 4, "--reward", "objective")
+    assert_ok(cli("train", *args, "--out", run))
+    assert (
+        json.loads((run / "config.json").read_text())["scenario"]["reward"]["form"] == "objective"
+    )
+    for row in csv.DictReader((run / "episodes.csv").open()):
+        assert row["violations_deadline"] == "0" and row["undone"] == "0"
+        bonuses = (float(row["reward"]) + float(row["objective"])) / 2
+        assert bonuses == pytest.approx(round(bonuses)) and 20 <= round(bonuses) <= 25
+    result = cli("train", "--reward", "speed", "--out", tmp_path / "bad")
+    assert_one_line_error(result, "unknown reward form 'speed' (choose from paper, objective)")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_train_unknown_protocol(tmp_path: Path) -> None:

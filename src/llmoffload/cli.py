@@ -27,7 +27,7 @@ from llmoffload.files import write_text_atomic
 from llmoffload.instance import Instance, load_instance, sample_instance
 from llmoffload.network import dbm_to_watt, link_rates
 from llmoffload.runtime.commands import calibrate_cmd, run_cmd, serve_cmd
-from llmoffload.scenario import Scenario, load_scenario
+from llmoffload.scenario import Scenario, load_scenario, with_reward
 from llmoffload.schedulers import SCHEDULERS
 
 EXIT_BAD_INPUT = 2  # the same code Typer uses for usage errors
@@ -406,12 +406,17 @@ def train_cmd(
         typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable)."),
     ] = None,
     lockstep: Annotated[int | None, typer.Option(min=1, help=LOCKSTEP_HELP)] = None,
+    reward: Annotated[
+        str | None,
+        typer.Option(help="Reward form: paper or objective (default: the scenario's)."),
+    ] = None,
 ) -> None:
     """Train a learner; writes episodes.csv, checkpoint.pt, reward_curve.png, config.json."""
     from llmoffload.training import LOCKSTEP, make_config, train  # torch only when asked
 
     config = make_config(algo, parse_settings(settings or []), protocol)
     sc = load_scenario(scenario)
+    sc = with_reward(sc, reward) if reward else sc
     rows = train(algo, sc, episodes, seed, out, config, failure_prob, lockstep=lockstep or LOCKSTEP)
     tail = rows[-min(50, len(rows)) :]
     mean = sum(r["reward"] for r in tail) / len(tail)

@@ -12,7 +12,7 @@ from functools import cache
 from graphlib import CycleError, TopologicalSorter
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -250,6 +250,14 @@ class Scenario(Model):
 
 
 BUILTIN = ("paper", "dear-cloud", "slow-uplink")
+REWARD_FORMS = get_args(Reward.model_fields["form"].annotation)
+
+
+def with_reward(scenario: Scenario, form: str) -> Scenario:
+    """The scenario with its reward in ``form`` (``train --reward``)."""
+    if form not in REWARD_FORMS:
+        raise OffloadError(f"unknown reward form '{form}' (choose from {', '.join(REWARD_FORMS)})")
+    return scenario.model_copy(update={"reward": scenario.reward.model_copy(update={"form": form})})
 
 
 def one_line(exc: ValidationError) -> str:
