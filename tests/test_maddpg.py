@@ -163,7 +163,7 @@ def test_sampling_never_picks_a_disallowed_action(env3: OffloadEnv) -> None:
             for obs, m, ok in zip(state.view(40, 3, -1), masks, allowed, strict=True):
                 chosen = learner.act(obs.numpy(), np.ones(3, bool), ok.numpy(), explore=True)
                 count += int((m[torch.arange(3), torch.as_tensor(chosen)] == 0).sum())
-            logits = learner.logits(learner.actors, state.view(40, 3, -1), allowed)
+            logits = learner.actors.log_pi(state.view(40, 3, -1), allowed)
             sample = gumbel_softmax_hard(logits, learner.generator).argmax(-1)
             count += int((masks.gather(-1, sample.unsqueeze(-1)) == 0).sum())
         return count

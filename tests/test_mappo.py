@@ -216,11 +216,15 @@ def test_same_seed_same_csv_and_a_loaded_learner_acts_identically(
     obs_t, masks_t = torch.as_tensor(obs), torch.as_tensor(masks)
     twin = fresh(env, seed=5, rollout_steps="40")
     with torch.no_grad():
-        assert not torch.equal(twin.log_pi(obs_t, masks_t), trained.log_pi(obs_t, masks_t))
+        assert not torch.equal(
+            twin.actors.log_pi(obs_t, masks_t), trained.actors.log_pi(obs_t, masks_t)
+        )
     torch.save(trained.state_dict(), tmp_path / "state.pt")
     twin.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
     with torch.no_grad():
-        assert torch.equal(twin.log_pi(obs_t, masks_t), trained.log_pi(obs_t, masks_t))
+        assert torch.equal(
+            twin.actors.log_pi(obs_t, masks_t), trained.actors.log_pi(obs_t, masks_t)
+        )
         assert torch.equal(twin.critic(obs_t.flatten()), trained.critic(obs_t.flatten()))
     assert torch.equal(twin.value_norm.mean_var()[0], trained.value_norm.mean_var()[0])
     assert np.array_equal(greedy_objectives(env, twin, 5), greedy_objectives(env, trained, 5))

@@ -105,10 +105,6 @@ class Coma:
 
     # -- acting ----------------------------------------------------------------
 
-    def log_pi(self, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Joint log-probabilities (..., I, A), renormalised over the allowed actions."""
-        return self.actors.log_pi(obs, masks)
-
     def act(
         self,
         obs: np.ndarray,
@@ -122,7 +118,7 @@ class Coma:
         allowed actions (``training.run_episode`` says which). Not exploring: greedy
         over the valid actions."""
         with torch.no_grad():
-            logp = self.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
+            logp = self.actors.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
         if not explore:
             choice = best_valid(logp, torch.as_tensor(masks))
         elif self.config.ucb:
@@ -170,7 +166,7 @@ class Coma:
         # Critic: TD error on Q(S, A), target Q'(S', A') with A' ~ pi(. | S'); with
         # ``standardise`` the critic works in units of the targets' running mean and sd.
         with torch.no_grad():
-            next_logp = self.log_pi(b["next_state"].view(-1, n, size), b["next_masks"])
+            next_logp = self.actors.log_pi(b["next_state"].view(-1, n, size), b["next_masks"])
             next_actions = torch.where(b["next_active"] > 0, sample(next_logp, self.generator), -1)
             q_next = self.target(b["next_state"], next_actions)
             q_next = q_next.gather(-1, next_actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -189,7 +185,7 @@ class Coma:
 
         # Actors: counterfactual advantage Q(S, A) - sum_a' pi(a') Q(S, (a', A^-i)), from
         # the Q the critic gave before its step (as EPyMARL's COMA learner does).
-        logp = self.log_pi(obs, b["masks"])
+        logp = self.actors.log_pi(obs, b["masks"])
         pi = logp.exp()
         q = q.detach()
         advantage = q - (pi.detach() * q).sum(-1, keepdim=True)

@@ -146,18 +146,13 @@ class Maddpg:
 
     # -- acting ----------------------------------------------------------------
 
-    def logits(self, actors: Actors, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Each agent's joint log-probabilities (..., I, A) over the allowed actions, the
-        Gumbel-softmax logits."""
-        return actors.log_pi(obs, masks)
-
     def act(
         self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
     ) -> np.ndarray:
         """One action per agent (-1 for inactive ones): a hard Gumbel-softmax sample when
         exploring, the most likely valid action when not."""
         with torch.no_grad():
-            logits = self.logits(self.actors, torch.as_tensor(obs), torch.as_tensor(masks))
+            logits = self.actors.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
             if explore:
                 c = self.config
                 choice = gumbel_softmax_hard(logits, self.generator, c.temperature).argmax(-1)
@@ -183,8 +178,8 @@ class Maddpg:
 
         # Critic: y = r + gamma Q'_i(x', mu'(o')), the target actors acting greedily.
         with torch.no_grad():
-            next_logits = self.logits(
-                self.target_actors, b["next_state"].view(-1, n, size), b["next_masks"]
+            next_logits = self.target_actors.log_pi(
+                b["next_state"].view(-1, n, size), b["next_masks"]
             )
             next_actions = one_hot(next_logits.argmax(-1), actions) * b["next_active"].unsqueeze(-1)
             q_next = self.target_critic(b["next_state"], self.rows(next_actions))
@@ -213,7 +208,7 @@ class Maddpg:
         detached samples, inactive agents' zero), plus ``reg`` x the mean squared
         logit over agent i's allowed actions (EPyMARL zeroes the masked ones)."""
         c = self.config
-        logits = self.logits(self.actors, state.view(-1, self.agents, self.layout.size), masks)
+        logits = self.actors.log_pi(state.view(-1, self.agents, self.layout.size), masks)
         sampled = gumbel_softmax_hard(logits, self.generator, c.temperature)
         q = self.critic(state, own_action_only(sampled * active.unsqueeze(-1)))
         valid = (masks > 0) | (masks == 0).all(-1, keepdim=True)

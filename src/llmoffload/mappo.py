@@ -174,17 +174,13 @@ class Mappo:
 
     # -- acting ----------------------------------------------------------------
 
-    def log_pi(self, obs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Joint log-probabilities (..., I, A), renormalised over the allowed actions."""
-        return self.actors.log_pi(obs, masks)
-
     @torch.no_grad()
     def act(
         self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
     ) -> np.ndarray:
         """Sample u_i ~ pi(. | o_i) and keep log pi(u_i) and V(s, i) for the update when
         exploring; argmax of pi over the valid actions, learning nothing, when not."""
-        logp = self.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
+        logp = self.actors.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
         if explore:  # kept as (episodes, I): row e for lockstep episode e
             choice = sample(logp, self.generator)
             taken = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
@@ -299,7 +295,7 @@ class Mappo:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi(u_i | o_i) of the taken actions and each agent's entropy, (B, I) each,
         under the same masking as acting."""
-        logp = self.log_pi(state.view(*actions.shape, -1), masks)
+        logp = self.actors.log_pi(state.view(*actions.shape, -1), masks)
         entropy = -(logp.exp() * logp).sum(-1)
         return logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1), entropy
 

@@ -2,12 +2,13 @@
 
 A sweep is a ``Grid`` of settings. ``plan`` turns it into the runs Figs. 4-9
 need (each method at each bandwidth, deadline and, for one method, failure
-probability, per seed and protocol; shared points once), plus HEFT and Optimal
-on the same held-out instances at every setting. A run is named by a hash of
-everything that decides its numbers (the setting, the resolved scenario, the
-method's config under its protocol, the result format), so an interrupted sweep
+probability, per seed and protocol; shared points once), plus the references
+(HEFT, objective-greedy, Optimal) on the same held-out instances at every
+setting. A run is named by a hash of everything that decides its numbers (the
+setting, the resolved scenario, the method's config under its protocol, the
+result format), so an interrupted sweep
 resumes where it stopped and a changed setting reruns only the runs it touches.
-A run the protocol does not change (CS-UCB, which always masks; HEFT, Optimal)
+A run the protocol does not change (CS-UCB, which always masks; the references)
 has the protocol ``any`` and serves every protocol's figures. A run is done
 when its ``result.json`` exists: the driver writes it last and atomically; a
 run directory without one is a leftover and is redone from scratch.
@@ -40,6 +41,7 @@ from llmoffload.scenario import Scenario, load_scenario, parse_scenario
 from llmoffload.training import (
     LOCKSTEP,
     PROTOCOLS,
+    check_protocol,
     evaluate_run,
     evaluate_scheduler,
     make_config,
@@ -78,10 +80,7 @@ class Grid:
         if self.failure_method not in self.methods:
             raise OffloadError(f"the failure method '{self.failure_method}' is not swept")
         for protocol in self.protocols:
-            if protocol not in PROTOCOLS:
-                raise OffloadError(
-                    f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})"
-                )
+            check_protocol(protocol)
         if not all(0.0 <= p < 1.0 for p in self.failure_probs):
             raise OffloadError("failure probabilities must lie in [0, 1)")
         if not self.seeds:
@@ -114,8 +113,8 @@ class RunSpec:
     deadline_s: float
     failure_prob: float
     seed: int
-    episodes: int  # 0 for HEFT and Optimal, which do not train
-    lockstep: int  # training episodes played at once; 0 for HEFT and Optimal
+    episodes: int  # 0 for the references, which do not train
+    lockstep: int  # training episodes played at once; 0 for the references
     eval_episodes: int
     time_limit_s: float  # 0 for learners, whose numbers it does not change
     scenario: str = field(repr=False)

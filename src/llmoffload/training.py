@@ -50,8 +50,7 @@ def make_config(algo: str, overrides: dict[str, str], protocol: str = "paper") -
     key=value`` overrides."""
     if algo not in LEARNERS:
         raise OffloadError(f"unknown algorithm '{algo}' (choose from {', '.join(LEARNERS)})")
-    if protocol not in PROTOCOLS:
-        raise OffloadError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+    check_protocol(protocol)
     cls = LEARNERS[algo].config
     types = {f.name: f.type for f in fields(cls)}
     values: dict[str, Any] = dict(LEARNERS[algo].defaults)
@@ -67,6 +66,11 @@ def make_config(algo: str, overrides: dict[str, str], protocol: str = "paper") -
         except ValueError:
             raise OffloadError(f"--set {key}={text}: not a {types[key]}") from None
     return cls(**values)
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise OffloadError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
 
 
 def parse_bool(text: str) -> bool:
