@@ -12,7 +12,7 @@ What the figures show (SPEC §6; choices in docs/assumptions.md):
 
 Each protocol swept (``sweep.Grid.protocols``) gets its own figures and claims: the
 paper protocol's files keep the paper's names, the masked one's end in ``_masked``.
-A run the protocol does not change (CS-UCB, HEFT, Optimal) appears in both.
+A run the protocol does not change (CS-UCB, the references) appears in both.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ PROTOCOL_TEXT = (
     "agents do; an agent only does not retry an action refused in the state it is still "
     "in (Random draws from all actions). Under **masked** every learner acts and learns on the "
     "valid actions only (Random draws among them). CS-UCB masks under both (its constraint "
-    "filter is the valid-action mask), so its runs serve both protocols, as do HEFT's and "
-    "Optimal's, which learn nothing and stand beside the methods in both. Every learner is "
+    "filter is the valid-action mask), so its runs serve both protocols, as do the references' "
+    "(HEFT, objective-greedy, Optimal), which learn nothing and stand beside the methods "
+    "in both. Every learner is "
     "evaluated greedily over the valid actions under both. The paper's four claims are "
     "judged under the paper protocol, whose claims they are, and again, separately, under "
     "masked. The paper protocol's files keep the paper's names; the masked protocol's end "
@@ -466,7 +467,8 @@ def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Par
     lines = [
         "# Reproduction of the UCB-COMA paper's experiments",
         "",
-        f"Methods: {', '.join(grid.methods)}; references HEFT and Optimal (CP-SAT, "
+        f"Methods: {', '.join(grid.methods)}; references HEFT, objective-greedy and Optimal "
+        "(CP-SAT, "
         f"{grid.time_limit_s:g} s per instance). Seeds: {', '.join(map(str, grid.seeds))}. "
         f"Training: {grid.episodes} episodes; evaluation: {grid.eval_episodes} held-out "
         f"instances per run. Base setting: W = {grid.bandwidth_mhz:g} MHz, "
@@ -474,7 +476,7 @@ def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Par
         "",
         "Cells are means over seeds ± the half-width of the 95% t-interval. A learner's "
         f"average reward is its mean over its last {TAIL} training episodes (or the last half); "
-        "HEFT's and Optimal's is the reward of their schedules of the held-out instances. "
+        "A reference's is the reward of its schedules of the held-out instances. "
         "The weighted sum is the held-out objective (gamma latency + (1 - gamma) cost, lower "
         "is better); n/a where a policy leaves work undone. The figures of the weighted sum "
         "scale it onto [0.1, 1] as the paper does; the tables give it unscaled.",
