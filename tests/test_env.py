@@ -252,7 +252,7 @@ def test_objective_return_is_bonuses_minus_objective(latency: str) -> None:
             assert summary["objective"] == approx(schedule.objective)
             want = THETA * len(schedule.runs) - schedule.objective
             assert summary["reward"] == approx(want)
-            assert schedule_reward(sc, schedule) == approx(want)
+            assert schedule_reward(inst, schedule) == approx(want)
 
 
 def test_reward_precedence() -> None:

@@ -40,6 +40,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             "ghz": draw(floats(0.5, 5.0)),
             "usd_per_ghz": draw(floats(0.0, 0.1)),
             "modalities": draw(st.lists(st.sampled_from(MODALITIES), min_size=1, unique=True)),
+            "slots": draw(st.sampled_from([1, 1, 2])),
         }
         for n in range(edges)
     ]
@@ -49,6 +50,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "ghz": draw(floats(1.0, 20.0)),
         "usd_per_ghz": draw(floats(0.0, 0.1)),
         "modalities": MODALITIES,
+        "slots": draw(st.sampled_from([None, None, 1, 2, 3])),
     }
     servers.insert(draw(st.integers(0, edges)), cloud)
     network = {
@@ -97,7 +99,8 @@ def tasks(draw: st.DrawFn, edges: int) -> Task:
         for j in range(n)
     ]
     distances = draw(st.lists(floats(10.0, 200.0), min_size=edges, max_size=edges))
-    return Task(workflow="random", distances_m=distances, subtasks=subtasks)
+    arrival = draw(st.one_of(st.just(0.0), floats(0.0, 2.0)))
+    return Task(workflow="random", arrival_s=arrival, distances_m=distances, subtasks=subtasks)
 
 
 @st.composite

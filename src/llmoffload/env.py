@@ -35,25 +35,32 @@ Array = TypeVar("Array")  # a numpy array or a torch tensor
 VIOLATIONS = ("repeat", "precedence", "modality", "failure", "deadline")
 
 
-def on_time(sc: Scenario, run: Run) -> float:
-    """The bonus q * theta if the dispatch ends by T_max, else minus the lateness
+def lateness(instance: Instance, run: Run) -> float:
+    """How long after its deadline, T_max after its task's arrival, the dispatch ends."""
+    return max(0.0, run.end - instance.tasks[run.task].arrival_s - instance.scenario.t_max_s)
+
+
+def on_time(instance: Instance, run: Run) -> float:
+    """The bonus q * theta if the dispatch ends by its deadline, else minus the lateness
     penalty eta3: the part both reward forms share."""
-    late = max(0.0, run.end - sc.t_max_s)
-    return sc.reward.bonus if late == 0 else -sc.reward.penalty * late
+    late, reward = lateness(instance, run), instance.scenario.reward
+    return reward.bonus if late == 0 else -reward.penalty * late
 
 
-def run_reward(sc: Scenario, run: Run) -> float:
+def run_reward(instance: Instance, run: Run) -> float:
     """SPEC §4's reward of one executed dispatch (form ``paper``): ``on_time`` minus
     its weighted time and cost."""
-    return on_time(sc, run) - sc.gamma * (run.upload + run.compute) - (1.0 - sc.gamma) * run.cost
+    sc = instance.scenario
+    weighted = sc.gamma * (run.upload + run.compute) + (1.0 - sc.gamma) * run.cost
+    return on_time(instance, run) - weighted
 
 
-def schedule_reward(sc: Scenario, schedule: Schedule) -> float:
+def schedule_reward(instance: Instance, schedule: Schedule) -> float:
     """The return of replaying a finished schedule with no refused action, in the
     scenario's reward form: it puts HEFT and Optimal on the learners' scale."""
-    if sc.reward.form == "paper":
-        return sum(run_reward(sc, run) for run in schedule.runs)
-    return sum(on_time(sc, run) for run in schedule.runs) - schedule.objective
+    if instance.scenario.reward.form == "paper":
+        return sum(run_reward(instance, run) for run in schedule.runs)
+    return sum(on_time(instance, run) for run in schedule.runs) - schedule.objective
 
 
 def outcome(schedule: Schedule) -> dict[str, float]:
@@ -252,10 +259,11 @@ class OffloadEnv(ParallelEnv):
         added = ex.objective_increase(i, j, k) if sc.reward.form == "objective" else 0.0
         run = ex.dispatch(i, j, k)
         self._dispatched[i, j] = True
-        late = run.end > sc.t_max_s
+        late = lateness(self.instance, run) > 0
         if late:
             self.violations["deadline"] += 1
-        reward = run_reward(sc, run) if sc.reward.form == "paper" else on_time(sc, run) - added
+        paper = sc.reward.form == "paper"
+        reward = run_reward(self.instance, run) if paper else on_time(self.instance, run) - added
         return reward, {"run": run, "violations": ["deadline"] if late else []}
 
     def _refuse(self, kinds: str | list[str], penalty: float) -> tuple[float, dict]:
@@ -291,6 +299,7 @@ class OffloadEnv(ParallelEnv):
         self._serves = np.zeros((len(tasks), n.subtasks, n.servers), bool)
         self._serves[i, j] = self._serves_modality[m]
         self._dispatched = np.zeros(self._real.shape, bool)  # set by _apply, the one dispatcher
+        self._arrival = np.array(self.ex.tables.arrival)
 
     def _refresh(self) -> None:
         """Build the observations and masks once per step, for every reader."""
@@ -313,7 +322,8 @@ class OffloadEnv(ParallelEnv):
         p, servers, nodes, _ = self.layout.split(obs)  # views into obs
         p[:] = self._dispatched
         nodes[..., -1] = self._dispatched
-        servers[..., -2] = self.ex.free  # queue delay: when each edge frees up
+        # queue delay: when each server's first slot frees up, after the agent's arrival
+        servers[..., -2] = np.maximum(np.subtract(self.ex.free, self._arrival[:, None]), 0)
         servers[..., -1] = ~self.down
         return obs
 

@@ -1,10 +1,13 @@
 """The execution model (paper §3.2-§3.3, SPEC §3), one dispatch at a time.
 
-A schedule is a dispatch sequence of (task, subtask, server). Each edge runs
-its subtasks one at a time in dispatch order, without preemption and without
-idling while work waits; the cloud runs everything at once. Times are
-computed when a subtask is dispatched, so a learning environment can step the
-model and a scheduler can ask "when would this finish?" before committing.
+A schedule is a dispatch sequence of (task, subtask, server). A server with K
+slots (an edge: one) runs at most K subtasks at once, in dispatch order: each
+dispatch takes the slot that frees first and starts when both that slot and
+its data are ready, without preemption and without idling while work waits; a
+server without a slot limit (the paper's cloud) runs everything at once. No
+subtask starts before its task arrives. Times are computed when a subtask is
+dispatched, so a learning environment can step the model and a scheduler can
+ask "when would this finish?" before committing.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ class Tables:
         self.t_max = sc.t_max_s
         self.from_arrival = sc.latency == "arrival"
         self.cloud = sc.cloud
-        self.is_edge = [s.kind == "edge" for s in sc.servers]
+        self.slots = [s.slots for s in sc.servers]  # None: no limit
+        self.arrival = [task.arrival_s for task in instance.tasks]
         self.servers = range(len(sc.servers))
         self.sec_per_bit_ee = 1.0 / (sc.network.edge_edge_mbps * 1e6)
         self.sec_per_bit_ec = 1.0 / (sc.network.edge_cloud_mbps * 1e6)
@@ -142,6 +146,8 @@ class Execution:
         self.start = [[0.0] * n for n in sizes]
         self.end = [[0.0] * n for n in sizes]
         self.left = list(sizes)
+        # when each slot of each limited server frees up, and the first of them per server
+        self.slot_free = [[0.0] * k if k else [] for k in self.tables.slots]
         self.free = [0.0] * len(self.tables.servers)
         self.runs: list[Run] = []
 
@@ -166,20 +172,19 @@ class Execution:
         return None
 
     def ready_time(self, task: int, subtask: int, server: int) -> float:
-        """WT: when every predecessor's output has reached ``server``."""
+        """WT: when every predecessor's output has reached ``server``, and not before
+        the task arrives."""
         t = self.tables
         placed, end = self.placed[task], self.end[task]
         return max(
             (end[p] + t.transfer(task, p, placed[p], server) for p in t.preds[task][subtask]),
-            default=0.0,
+            default=t.arrival[task],
         )
 
     def timing(self, task: int, subtask: int, server: int) -> tuple[float, float]:
         """(start, end) this subtask would get if dispatched now; must be valid."""
         t = self.tables
-        start = self.ready_time(task, subtask, server)
-        if t.is_edge[server] and self.free[server] > start:
-            start = self.free[server]
+        start = max(self.ready_time(task, subtask, server), self.free[server])
         up = t.upload[task][subtask][server]
         return start, start + up + t.compute[task][subtask][server]
 
@@ -190,8 +195,10 @@ class Execution:
             raise InvalidDispatch(reason)
         t = self.tables
         start, end = self.timing(task, subtask, server)
-        if t.is_edge[server]:
-            self.free[server] = end
+        slots = self.slot_free[server]
+        if slots:
+            slots[slots.index(min(slots))] = end
+            self.free[server] = min(slots)
         self.placed[task][subtask] = server
         self.start[task][subtask] = start
         self.end[task][subtask] = end
@@ -213,7 +220,7 @@ class Execution:
         self, task: int, extra: tuple[int, int, float, float] | None = None
     ) -> float:
         """The task's latency over its dispatched subtasks (plus ``extra`` = (subtask,
-        server, start, end) if given): latest end minus first start (or arrival), plus
+        server, start, end) if given): latest end minus first start (or its arrival), plus
         the result's download once the exit is among them; T_i when all are dispatched."""
         t = self.tables
         runs = [
@@ -224,7 +231,7 @@ class Execution:
         runs += [extra] if extra else []
         if not runs:
             return 0.0
-        first = 0.0 if t.from_arrival else min(r[2] for r in runs)
+        first = t.arrival[task] if t.from_arrival else min(r[2] for r in runs)
         exit_ = len(self.placed[task]) - 1
         down = sum(t.downlink[task][s] for j, s, *_ in runs if j == exit_)
         return max(r[3] for r in runs) - first + down

@@ -11,8 +11,10 @@ from statistics import fmean
 
 import numpy as np
 
-from llmoffload.execution import Dispatch, Execution, Tables
+from llmoffload.execution import Dispatch, Execution, Tables, evaluate
 from llmoffload.instance import Instance
+
+Scheduler = Callable[[Instance, np.random.Generator], list[Dispatch]]
 
 
 def valid_dispatches(ex: Execution) -> list[Dispatch]:
@@ -89,15 +91,16 @@ def upward_ranks(tables: Tables) -> list[list[float]]:
 def list_schedule(
     instance: Instance, cost: Callable[[Execution, int, int, int], float]
 ) -> list[Dispatch]:
-    """List scheduling: subtasks of all tasks in decreasing upward rank, each appended to
-    the queue of the server where ``cost(ex, task, subtask, server)`` is least (ties: the
+    """List scheduling: subtasks of all tasks by decreasing upward rank less their task's
+    arrival time (the rank alone when all arrive at once, as HEFT), each appended to the
+    queue of the server where ``cost(ex, task, subtask, server)`` is least (ties: the
     lowest server index; the model has no insertion into idle gaps)."""
     ex = Execution(instance)
     t = ex.tables
     ranks = upward_ranks(t)
     order = sorted(
         ((i, j) for i, rank in enumerate(ranks) for j in range(len(rank))),
-        key=lambda ij: (-ranks[ij[0]][ij[1]], ij),
+        key=lambda ij: (t.arrival[ij[0]] - ranks[ij[0]][ij[1]], ij),
     )
     for i, j in order:
         server = min((s for s in t.servers if t.supports(i, j, s)), key=lambda s: cost(ex, i, j, s))
@@ -116,3 +119,19 @@ def objective_greedy(instance: Instance, rng: np.random.Generator) -> list[Dispa
     gamma * latency + (1 - gamma) * cost so far (``Execution.objective_increase``, queue
     waiting included): the cost-aware list scheduler."""
     return list_schedule(instance, lambda ex, i, j, s: ex.objective_increase(i, j, s))
+
+
+CLASSIC: dict[str, Scheduler] = {
+    "all-cloud": all_cloud,
+    "greedy": greedy,
+    "heft": heft,
+    "objective-greedy": objective_greedy,
+}
+
+
+def best_classic(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
+    """On each instance, the best schedule of every deterministic classic scheduler:
+    the bar a learned policy must clear (random-valid is left out, it is no rule)."""
+    tables = Tables(instance)
+    orders = [rule(instance, rng) for rule in CLASSIC.values()]
+    return min(orders, key=lambda order: evaluate(tables, order).objective)

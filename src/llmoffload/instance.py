@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from llmoffload.errors import OffloadError
-from llmoffload.scenario import Model, Positive, Scenario, one_line
+from llmoffload.scenario import Model, NonNegative, Positive, Scenario, one_line
 
 FORMAT = "llmoffload-instance/1"
 
@@ -33,6 +33,7 @@ class Task(Model):
     """One request's DAG; subtasks are in topological order, the last aggregates."""
 
     workflow: str
+    arrival_s: NonNegative = 0.0
     distances_m: list[Positive]
     subtasks: list[Subtask] = Field(min_length=1)
 
@@ -115,10 +116,18 @@ def sample_task(scenario: Scenario, workflow: str, rng: np.random.Generator) -> 
 def sample_instance(
     scenario: Scenario, rng: np.random.Generator, tasks: int | None = None
 ) -> Instance:
-    """Draw an episode: each task's workflow uniformly from the workload's list."""
-    names = scenario.workload.workflows
-    count = scenario.workload.tasks if tasks is None else tasks
+    """Draw an episode: each task's workflow uniformly from the workload's list, then,
+    if the workload has an arrival rate, the gaps between arrivals (exponential)."""
+    load = scenario.workload
+    count = load.tasks if tasks is None else tasks
+    names = load.workflows
     drawn = [sample_task(scenario, names[int(rng.integers(len(names)))], rng) for _ in range(count)]
+    if load.arrivals_per_s is not None:
+        arrivals = np.cumsum([0.0, *rng.exponential(1.0 / load.arrivals_per_s, count - 1)])
+        drawn = [
+            task.model_copy(update={"arrival_s": float(at)})
+            for task, at in zip(drawn, arrivals, strict=True)
+        ]
     return Instance(scenario=scenario, tasks=drawn)
 
 

@@ -1,20 +1,22 @@
 """The true optimum: CP-SAT over placement and per-edge order.
 
 The execution model starts every subtask as early as its placement and its
-edge's order allow (no voluntary idling). Because the paper's latency is
+server's order allow (no voluntary idling). Because the paper's latency is
 ``max EN - min ST``, a solver free to delay starts could shorten a task's
 measured span by idling its first subtask, which no dispatch sequence can do.
 So the model pins each start exactly::
 
-    start = max(data-ready time WT, end of the previous subtask on its edge)
+    start = max(data-ready time WT (never before the task arrives),
+                end of the previous subtask in its slot)
 
-with the per-edge order given by a circuit (AddCircuit) over the subtasks
-placed there; NoOverlap over optional intervals is added as a redundant
-constraint for propagation. Times are integers of ``resolution_s`` (1 us by
+with each slot's order given by a circuit (AddCircuit) over the subtasks placed
+there (an edge has one slot; a cloud with K slots K circuits, each subtask in
+one; an unlimited cloud none); NoOverlap over optional intervals is added as a
+redundant constraint for propagation. Times are integers of ``resolution_s`` (1 us by
 default) and the weights gamma, 1 - gamma are rounded to 1/1000; the returned
 schedule is always the exact replay of the solver's dispatch sequence through
 the execution model, so only ``bound`` carries that rounding. CP-SAT starts
-from the better of HEFT's and objective-greedy's schedules as a hint, and that is
+from the best classic schedule (``heuristics.best_classic``) as a hint, and that is
 what comes back if the solver finds nothing better within its time limit. The
 lower bound is CP-SAT's or, where that is weaker (at scale often 0),
 ``relaxed_bound``'s.
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmoffload.execution import Dispatch, Schedule, Tables, evaluate
-from llmoffload.heuristics import heft, objective_greedy
+from llmoffload.heuristics import best_classic
 from llmoffload.instance import Instance
 
 if TYPE_CHECKING:
@@ -111,8 +113,11 @@ def solve(
         for i, j in subtasks
         for s in where[i, j]
     }
-    horizon = sum(max(dur[i, j, s] for s in where[i, j]) for i, j in subtasks) + sum(
-        tick(b * t.sec_per_bit_ec) + 1 for out in t.out_bits for b in out
+    arrival = [tick(a) for a in t.arrival]
+    horizon = (
+        max(arrival)
+        + sum(max(dur[i, j, s] for s in where[i, j]) for i, j in subtasks)
+        + sum(tick(b * t.sec_per_bit_ec) + 1 for out in t.out_bits for b in out)
     )
 
     x = {(i, j, s): m.new_bool_var(f"x{i}_{j}_{s}") for i, j in subtasks for s in where[i, j]}
@@ -138,39 +143,28 @@ def solve(
             cloud_hop = on(i, p, t.cloud) + on(i, j, t.cloud) - 2 * both.get(t.cloud, 0)
             ready.append(end[i, p] + t_ee - t_ee * sum(both.values()) + (t_ec - t_ee) * cloud_hop)
         wt = m.new_int_var(0, horizon, f"wt{i}_{j}")
-        m.add_max_equality(wt, ready or [0])
+        m.add_max_equality(wt, ready or [arrival[i]])
         m.add_max_equality(start[i, j], [wt, prev[i, j]])
-        if t.cloud in where[i, j]:
-            m.add(prev[i, j] == 0).only_enforce_if(x[i, j, t.cloud])
+        for s in where[i, j]:
+            if t.slots[s] is None:
+                m.add(prev[i, j] == 0).only_enforce_if(x[i, j, s])
 
-    # Each edge runs its subtasks in one order: a circuit through a depot node 0.
+    # Each slot of a limited server runs its subtasks in one order: a circuit through a
+    # depot node 0. A server with K slots gets K circuits; each subtask placed there
+    # takes exactly one of them.
     anc = [ancestors(preds) for preds in t.preds]
     for s in t.servers:
-        if not t.is_edge[s]:
-            continue
         here = [k for k in subtasks if s in where[k]]
-        if not here:
+        if t.slots[s] is None or not here:
             continue
-        empty = m.new_bool_var(f"empty{s}")
-        arcs = [(0, 0, empty)]
-        intervals = []
-        for a, (i, j) in enumerate(here, start=1):
-            m.add_implication(x[i, j, s], empty.Not())
-            arcs.append((a, a, x[i, j, s].Not()))
-            first = m.new_bool_var(f"first{s}_{i}_{j}")
-            arcs += [(0, a, first), (a, 0, m.new_bool_var(f"last{s}_{i}_{j}"))]
-            m.add(prev[i, j] == 0).only_enforce_if(first)
-            intervals.append(
-                m.new_optional_fixed_size_interval_var(start[i, j], dur[i, j, s], x[i, j, s], "")
-            )
-            for b, (i2, j2) in enumerate(here, start=1):
-                if a == b or (i == i2 and j2 in anc[i][j]):
-                    continue
-                follows = m.new_bool_var(f"arc{s}_{i}_{j}_{i2}_{j2}")
-                arcs.append((a, b, follows))
-                m.add(prev[i2, j2] == end[i, j]).only_enforce_if(follows)
-        m.add_circuit(arcs)
-        m.add_no_overlap(intervals)
+        slots = t.slots[s]
+        lit = {(k, 0): x[(*k, s)] for k in here}
+        if slots > 1:
+            lit = {(k, q): m.new_bool_var(f"y{k}_{s}_{q}") for k in here for q in range(slots)}
+            for k in here:
+                m.add(sum(lit[k, q] for q in range(slots)) == x[(*k, s)])
+        for q in range(slots):
+            circuit(m, [(k, lit[k, q]) for k in here], start, end, prev, dur, s, anc)
 
     # Objective: gamma T_i + (1 - gamma) Cost_i, with T_i = max EN - min ST + downlink.
     gw = round(t.gamma * WEIGHT_SCALE)
@@ -178,7 +172,7 @@ def solve(
     terms = []
     for i, preds in enumerate(t.preds):
         last = len(preds) - 1
-        first = 0
+        first = arrival[i]
         if not t.from_arrival:
             first = m.new_int_var(0, horizon, f"first_start{i}")
             m.add_min_equality(first, [start[i, j] for j, pj in enumerate(preds) if not pj])
@@ -187,10 +181,7 @@ def solve(
     terms.append(cw * sum(x[i, j, s] * round(t.cost[i][j][s] * ticks) for i, j, s in x))
     m.minimize(sum(terms))
 
-    hint = min(
-        (rule(instance, np.random.default_rng(0)) for rule in (heft, objective_greedy)),
-        key=lambda order: evaluate(t, order).objective,
-    )
+    hint = best_classic(instance, np.random.default_rng(0))
     for key, var in x.items():
         m.add_hint(var, key in hint)
 
@@ -209,7 +200,46 @@ def solve(
         found = evaluate(t, [d for *_, d in order])
         schedule = min(found, schedule, key=lambda sch: sch.objective)
     bound = max(relaxed_bound(t), solver.best_objective_bound / (ticks * WEIGHT_SCALE))
-    return Solution(schedule, bound, status == cp_model.OPTIMAL, time.perf_counter() - began)
+    # With several slots the model picks each subtask's slot, the execution model the one
+    # that frees first; replayed, a solution only gets earlier, which is no worse when
+    # latency counts from arrival, but may lengthen a span (max EN - min ST).
+    exact = t.from_arrival or all(k is None or k == 1 for k in t.slots)
+    proven = status == cp_model.OPTIMAL and exact
+    return Solution(schedule, bound, proven, time.perf_counter() - began)
+
+
+def circuit(
+    m: cp_model.CpModel,
+    members: list[tuple[tuple[int, int], cp_model.IntVar]],
+    start: dict,
+    end: dict,
+    prev: dict,
+    dur: dict,
+    server: int,
+    anc: list[set[int]],
+) -> None:
+    """One slot's order: a circuit through a depot over the subtasks whose literal is
+    true; each starts no earlier than the end of the one before it (``prev``)."""
+    empty = m.new_bool_var("")
+    arcs = [(0, 0, empty)]
+    intervals = []
+    for a, ((i, j), here) in enumerate(members, start=1):
+        m.add_implication(here, empty.Not())
+        arcs.append((a, a, here.Not()))
+        first = m.new_bool_var("")
+        arcs += [(0, a, first), (a, 0, m.new_bool_var(""))]
+        m.add(prev[i, j] == 0).only_enforce_if(first)
+        intervals.append(
+            m.new_optional_fixed_size_interval_var(start[i, j], dur[i, j, server], here, "")
+        )
+        for b, ((i2, j2), _) in enumerate(members, start=1):
+            if a == b or (i == i2 and j2 in anc[i][j]):
+                continue
+            follows = m.new_bool_var("")
+            arcs.append((a, b, follows))
+            m.add(prev[i2, j2] == end[i, j]).only_enforce_if(follows)
+    m.add_circuit(arcs)
+    m.add_no_overlap(intervals)
 
 
 def together(m: cp_model.CpModel, x: dict, a: tuple, b: tuple) -> cp_model.IntVar:

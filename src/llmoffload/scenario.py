@@ -52,13 +52,33 @@ class Range(Model):
 
 
 class Server(Model):
-    """An edge server with a light LLM, or the cloud with the multimodal one."""
+    """An edge server with a light LLM, or the cloud with the multimodal one.
+
+    ``slots``: how many subtasks it runs at once, each at full speed, the rest
+    queued in dispatch order. An edge runs one at a time (paper §3.2), the paper's
+    cloud any number (``null``); a cloud with ``slots: K`` is one with K replicas.
+    """
 
     name: str
     kind: Literal["edge", "cloud"]
     ghz: Positive
     usd_per_ghz: NonNegative
     modalities: list[str] = Field(min_length=1)
+    slots: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_slots(cls, value: object) -> object:
+        """An edge runs one subtask at a time unless told otherwise."""
+        if isinstance(value, dict) and value.get("kind") == "edge" and "slots" not in value:
+            return {**value, "slots": 1}
+        return value
+
+    @model_validator(mode="after")
+    def _finite_edge(self) -> Server:
+        if self.kind == "edge" and self.slots is None:
+            raise ValueError(f"edge '{self.name}' needs a number of slots (null: cloud only)")
+        return self
 
 
 class Channel(Model):
@@ -178,9 +198,14 @@ def shape_of(
 
 
 class Workload(Model):
-    """What one episode holds: how many tasks, drawn from which workflows."""
+    """What one episode holds: how many tasks, drawn from which workflows, arriving when.
+
+    ``arrivals_per_s``: tasks arrive as a Poisson process of this rate, the first at
+    t = 0 (the episode starts with a request); ``null``: all at t = 0, as the paper.
+    """
 
     tasks: int = Field(default=5, gt=0)
+    arrivals_per_s: Positive | None = None
     workflows: list[str] = Field(min_length=1)
     cycles_per_bit: Positive = 1900.0
     sizes: dict[str, Sizes] = Field(min_length=1)
@@ -249,7 +274,7 @@ class Scenario(Model):
         return self
 
 
-BUILTIN = ("paper", "dear-cloud", "slow-uplink")
+BUILTIN = ("paper", "dear-cloud", "slow-uplink", "contended")
 REWARD_FORMS = get_args(Reward.model_fields["form"].annotation)
 
 

@@ -324,6 +324,6 @@ def evaluate_scheduler(
     rows = []
     for e, eseed, inst in held_out(scenario, seed, episodes):
         schedule, proven = scheduler_schedule(name, inst, eseed, time_limit_s)
-        reward = schedule_reward(scenario, schedule)
+        reward = schedule_reward(inst, schedule)
         rows.append({"episode": e, "reward": reward, "proven": proven, **outcome(schedule)})
     return rows

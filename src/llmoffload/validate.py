@@ -64,7 +64,7 @@ def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> lis
         return bits / (net.edge_edge_mbps * 1e6)
 
     # Each run on its own, then against its predecessors and its server's queue.
-    previous_end: dict[int, float] = {}  # edge -> end of the last run dispatched to it
+    ends: dict[int, list[float]] = {}  # server -> ends of the runs dispatched to it so far
     for k, r in enumerate(runs):
         if position.get((r.task, r.subtask)) != k:
             continue  # out of range or a repeat: reported above
@@ -88,7 +88,10 @@ def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> lis
             if not close(got, want):
                 problems.append(f"{where}: {field} {got!r}, expected {want!r}")
 
-        ready = 0.0
+        arrival = tasks[r.task].arrival_s
+        if early(r.start, arrival):
+            problems.append(f"{where}: starts at {r.start!r}, before its task arrives ({arrival})")
+        ready = arrival
         complete = True
         for p in sub.preds:
             kp = position.get((r.task, p))
@@ -110,20 +113,43 @@ def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> lis
                 )
             ready = max(ready, arrives)
 
-        if server.kind == "cloud":
-            expected_start = ready  # the cloud has no queue
-        else:
-            free = previous_end.get(r.server, 0.0)
+        expected_start = ready  # a server without a slot limit has no queue
+        if server.slots is not None:
+            # Slots taken in dispatch order, each by the first to free up: the K-th
+            # latest end among the runs dispatched here before (0 while fewer than K).
+            before = sorted(ends.setdefault(r.server, []), reverse=True)
+            free = before[server.slots - 1] if len(before) >= server.slots else 0.0
             if early(r.start, free):
                 problems.append(
-                    f"{where}: starts at {r.start!r} while '{server.name}' is busy until {free!r}"
+                    f"{where}: starts at {r.start!r} while all {server.slots} slot(s) of "
+                    f"'{server.name}' are busy until {free!r}"
                 )
             expected_start = max(ready, free)  # no idling while work waits
-            previous_end[r.server] = r.end
+            ends[r.server].append(r.end)
         if complete and not close(r.start, expected_start):
             problems.append(f"{where}: starts at {r.start!r}, expected {expected_start!r}")
 
+    problems.extend(_overfilled(instance, schedule, early))
     problems.extend(_task_problems(instance, schedule, position, close))
+    return problems
+
+
+def _overfilled(
+    instance: Instance, schedule: Schedule, early: Callable[[float, float], bool]
+) -> list[str]:
+    """Servers that run more subtasks at some instant than they have slots: at the
+    start of each run, count the runs there that have started and not yet ended."""
+    problems = []
+    for k, server in enumerate(instance.scenario.servers):
+        here = [r for r in schedule.runs if r.server == k]
+        for r in here:
+            busy = sum(not early(r.start, o.start) and early(r.start, o.end) for o in here)
+            if server.slots is not None and busy > server.slots:
+                problems.append(
+                    f"'{server.name}' runs {busy} subtasks at {r.start!r}, "
+                    f"more than its {server.slots} slot(s)"
+                )
+                break
     return problems
 
 
@@ -147,7 +173,7 @@ def _task_problems(
         last = mine[-1]
         if not 0 <= last.server < len(sc.servers):
             return problems
-        first = 0.0 if sc.latency == "arrival" else min(r.start for r in mine)
+        first = task.arrival_s if sc.latency == "arrival" else min(r.start for r in mine)
         _, down = link_rates(sc, task.distances_m)
         latency = (
             max(r.end for r in mine) - first + task.subtasks[-1].output_bits / down[last.server]
