@@ -100,8 +100,9 @@ def random_walk(
 # -- API ------------------------------------------------------------------------------
 
 
-def test_parallel_api() -> None:
-    parallel_api_test(OffloadEnv(PAPER, failure_prob=0.2), num_cycles=200)
+@pytest.mark.parametrize("name", ["paper", "contended"])  # contended: agents join on arrival
+def test_parallel_api(name: str) -> None:
+    parallel_api_test(OffloadEnv(load_scenario(name), failure_prob=0.2), num_cycles=200)
 
 
 # -- masks ----------------------------------------------------------------------------

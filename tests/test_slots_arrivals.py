@@ -158,27 +158,31 @@ def test_optimal_equals_exhaustive_with_slots_and_arrivals(instance: Instance) -
     assert violations(instance, solution.schedule) == []
 
 
-def test_contended_env_returns_bonuses_minus_objective() -> None:
-    """The aligned reward's return identity holds with arrivals and a two-slot cloud
-    (deadlines count from each task's arrival), replaying best classic's schedule; the
-    queue-delay feature is each server's free time after the agent's arrival."""
+def test_contended_env_acts_on_arrival_and_returns_bonuses_minus_objective() -> None:
+    """Tasks act one arrival at a time, each dispatching all its subtasks on arrival.
+    Replaying best classic's placements in that order, the aligned reward's return is
+    the bonuses minus lateness (deadlines count from arrival) minus the objective, and
+    the queue-delay feature is each server's free time after the agent's arrival."""
     sc = load_scenario("contended")
     sc = sc.model_copy(update={"reward": sc.reward.model_copy(update={"form": "objective"})})
-    env = OffloadEnv(sc, max_steps=1000)
+    env = OffloadEnv(sc)
     servers = len(sc.servers)
+    assert env.max_steps == 4 * 5 * 20  # 4 J steps per arrival
     for seed in range(2):
         inst = sample_instance(sc, np.random.default_rng(seed))
-        schedule = evaluate(inst, best_classic(inst, np.random.default_rng(0)))
+        order = sorted(best_classic(inst, np.random.default_rng(0)), key=lambda d: d.task)
+        schedule = evaluate(inst, order)
         env.reset(seed=0, options={"instance": inst})
         ex = Execution(inst)
-        for d in schedule.order:
+        for d in order:
+            assert env.agents == [env.possible_agents[d.task]]  # only the arrived task acts
             env.step({env.possible_agents[d.task]: d.subtask * servers + d.server})
             ex.dispatch(*d)
             _, feats, _, _ = env.layout.split(env.observations())
             want = [[max(0.0, f - t.arrival_s) for f in ex.free] for t in inst.tasks]
             assert feats[..., -2] == pytest.approx(np.array(want, np.float32))
         summary = env.summary()
-        assert summary["undone"] == 0
+        assert summary["undone"] == 0 and env.agents == []
         assert summary["objective"] == approx(schedule.objective)
         late = sum(max(0.0, r.end - inst.tasks[r.task].arrival_s - sc.t_max_s) for r in ex.runs)
         bonus = sum(r.end - inst.tasks[r.task].arrival_s <= sc.t_max_s for r in ex.runs)

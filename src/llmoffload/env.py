@@ -136,7 +136,9 @@ class OffloadEnv(ParallelEnv):
         self.scenario = scenario
         self.layout = layout_of(scenario)
         self.failure_prob = failure_prob
-        self.max_steps = max_steps or 4 * self.layout.subtasks
+        # 4 J steps for each group of tasks that act together: all, or one at a time
+        groups = scenario.workload.tasks if scenario.workload.arrivals_per_s else 1
+        self.max_steps = max_steps or 4 * self.layout.subtasks * groups
         self.render_mode = render_mode
         self.possible_agents = [f"task_{i}" for i in range(scenario.workload.tasks)]
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
@@ -195,20 +197,21 @@ class OffloadEnv(ParallelEnv):
         self.steps = 0
         self.violations: Counter[str] = Counter()
         self.total_reward = 0.0
-        self.agents = list(self.possible_agents)
         self._statics()
+        self.agents = self._acting_agents()
         self._draw_failures()
         self._refresh()
-        observations = {a: self._observation(i) for i, a in enumerate(self.agents)}
+        observations = {a: self.observe(a) for a in self.agents}
         return observations, {a: {} for a in self.agents}
 
     def step(self, actions: dict[str, int]) -> tuple[dict, dict, dict, dict, dict]:
         joint = np.full(len(self.possible_agents), -1)
-        for a in self.agents:
+        before = self.agents
+        for a in before:
             if a in actions:
                 joint[self._index[a]] = actions[a]
-        live = self.agents
         rewards, infos = self.play(joint)
+        live = list(dict.fromkeys([*before, *self.agents]))  # the agents, and new arrivals
         terminations = {a: self.ex.left[self._index[a]] == 0 for a in live}
         truncations = {a: self.steps >= self.max_steps for a in live}
         return (
@@ -234,9 +237,22 @@ class OffloadEnv(ParallelEnv):
         self.total_reward += float(rewards.sum())
         self._draw_failures()
         self._refresh()
-        more = self.steps < self.max_steps
-        self.agents = [a for a in self.agents if more and self.ex.left[self._index[a]]]
+        self.agents = self._acting_agents() if self.steps < self.max_steps else []
         return rewards, infos
+
+    def acting(self) -> np.ndarray:
+        """(I,) bool: the agents whose turn it is, the step limit aside: those whose task
+        has work left and has arrived by the env's clock, the earliest arrival among the
+        tasks with work left. All tasks act together when they arrive at once (the
+        paper); over time they act one arrival at a time, each dispatching all its
+        subtasks on arrival (decisions take no time), so a policy never sees a request
+        before it comes, while Optimal does."""
+        left = np.array(self.ex.left) > 0
+        now = self._arrival[left].min(initial=np.inf)
+        return left & (self._arrival <= now)
+
+    def _acting_agents(self) -> list[str]:
+        return [a for a, on in zip(self.possible_agents, self.acting(), strict=True) if on]
 
     def _apply(self, i: int, j: int, k: int) -> tuple[float, dict]:
         """Reward of agent i dispatching subtask j to server k (SPEC §4), executed if valid."""

@@ -32,7 +32,7 @@ class Transition:
     masks: np.ndarray  # (I, A) int8: the actions that were valid
     rewards: np.ndarray  # (I,) each agent's reward (the team reward is their sum)
     next_state: np.ndarray
-    next_active: np.ndarray  # (I,) bool: agents whose task still has work at the next state
+    next_active: np.ndarray  # (I,) bool: agents that would act at the next state
     next_masks: np.ndarray  # (I, A) valid actions at the next state
     terminal: bool  # every subtask is dispatched: nothing to bootstrap from
     truncated: bool = False  # the step limit ended the episode with work left: bootstrap

@@ -115,7 +115,7 @@ def run_episodes(
     agents, actions = len(envs[0].possible_agents), envs[0].layout.actions
     told = not explore or getattr(learner.config, "mask", True)
     refused = np.zeros((len(envs), agents, actions), bool)
-    active = np.ones((len(envs), agents), bool)
+    active = np.stack([env.acting() for env in envs])
     state = np.stack([env.state() for env in envs])
     masks = np.stack([allowed(env, active[e], refused[e], told) for e, env in enumerate(envs)])
     while any(env.agents for env in envs):
@@ -129,9 +129,9 @@ def run_episodes(
             failed = active[e] & ~executed
             refused[e, failed, chosen[e, failed]] = True
             refused[e, executed] = False  # the agent's task moved on: nothing refused yet
-            # an agent stays active while its task has work, also past the step limit,
-            # so that a truncated episode bootstraps from the state it stopped in
-            next_active[e] = active[e] & (np.array(env.ex.left) > 0)
+            # the step limit aside: a truncated episode bootstraps from the state it
+            # stopped in, with the agents that would act there
+            next_active[e] = env.acting()
             next_state[e] = env.state()
             next_masks[e] = allowed(env, next_active[e], refused[e], told)
             if explore:
