@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0  # the CPU wheel; an unpinned torch pulls CUDA
-	$(BIN)/pip install --quiet -e '.[dev,ray,runtime]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,runtime,study]'
 	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 	  $(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) '$(LLAMA)'
 	$(BIN)/pip install --quiet --find-links $(WHEELS) '$(LLAMA)'

@@ -86,7 +86,7 @@ def test_tiny_sweep_writes_every_file_and_a_second_run_reruns_nothing(swept: Pat
         assert "| COMA is second on reward | **not tested** | coma not in the sweep |" in part
         assert f"### Fig. 4: training reward at the base setting ({protocol} protocol)" in part
         assert f"![fig9_failures{tag}](fig9_failures{tag}.png)" in part
-        assert all(f"| {m} |" in part for m in ("heft", "objective-greedy", "optimal"))
+        assert all(f"| {m} |" in part for m in ("heft", "best-classic", "optimal"))
     assert "Optimal is proven optimal on 8 of 8 held-out instances" in report
     before = results(swept)
     assert len(before) == RUNS
@@ -122,7 +122,7 @@ def test_the_plan_runs_each_learner_per_protocol_and_the_rest_once() -> None:
     both = plan(grid)
     assert Counter((s.method, s.protocol) for s in both) == {
         **{(m, p): 1 for m in ("ucb-coma", "random") for p in ("paper", "masked")},
-        **{(m, "any"): 1 for m in ("cs-ucb", "heft", "objective-greedy", "optimal")},
+        **{(m, "any"): 1 for m in ("cs-ucb", "heft", "best-classic", "optimal")},
     }
     masked = plan(replace(grid, protocols=("masked",)))
     assert {s.protocol for s in masked} == {"masked", "any"}

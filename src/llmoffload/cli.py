@@ -471,10 +471,20 @@ def evaluation_table(rows: list[dict[str, float]]) -> list[list[str]]:
     ]
 
 
+STUDIES = ("paper", "beyond")
+
+
 @app.command("reproduce")
 def reproduce_cmd(
+    study: Annotated[
+        str,
+        typer.Option(
+            help="paper: the paper's Figs. 4-9; beyond: every learner, masked and rewarded by "
+            "the objective, on the scenarios where scheduling matters (docs/study.md)."
+        ),
+    ] = "paper",
     quick: Annotated[
-        bool, typer.Option(help="2 seeds, 100 episodes, 10 held-out: minutes, not hours.")
+        bool, typer.Option(help="2 seeds, fewer episodes and held-out: minutes, not hours.")
     ] = False,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds 0..K-1 (default 3).")] = None,
     workers: Annotated[
@@ -484,7 +494,12 @@ def reproduce_cmd(
         str | None, typer.Option(help="Run the runs as tasks on this Ray cluster (host:port).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Where runs, figures and REPORT.md go.")] = None,
-    scenario: Annotated[str, typer.Option(help="Base scenario: built-in name or file.")] = "paper",
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="Base scenario: built-in name or file (default paper). --study paper only."
+        ),
+    ] = None,
     episodes: Annotated[int | None, typer.Option(min=1, help="Training episodes per run.")] = None,
     eval_episodes: Annotated[
         int | None, typer.Option(min=1, help="Held-out instances per run.")
@@ -493,56 +508,101 @@ def reproduce_cmd(
         float | None, typer.Option(min=0.001, help="CP-SAT seconds per held-out instance.")
     ] = None,
     method: Annotated[
-        list[str] | None, typer.Option(help="A method to sweep (repeatable; default all six).")
+        list[str] | None,
+        typer.Option(
+            help="A learner to run (repeatable; default all six, for --study beyond all but "
+            "random)."
+        ),
     ] = None,
     bandwidth: Annotated[
-        list[float] | None, typer.Option(help="A bandwidth W in MHz (repeatable).")
+        list[float] | None,
+        typer.Option(help="A bandwidth W in MHz (repeatable; --study paper only)."),
     ] = None,
     deadline: Annotated[
-        list[float] | None, typer.Option(help="A deadline T_max in s (repeatable).")
+        list[float] | None,
+        typer.Option(help="A deadline T_max in s (repeatable; --study paper only)."),
     ] = None,
     failure_prob: Annotated[
-        list[float] | None, typer.Option(help="An edge failure probability (repeatable).")
+        list[float] | None,
+        typer.Option(help="An edge failure probability (repeatable; --study paper only)."),
     ] = None,
     protocol: Annotated[
         list[str] | None,
-        typer.Option(help=f"Report only this protocol (repeatable; default both). {PROTOCOL_HELP}"),
+        typer.Option(
+            help=f"Report only this protocol (repeatable; default both; --study paper only). "
+            f"{PROTOCOL_HELP}"
+        ),
     ] = None,
     lockstep: Annotated[int | None, typer.Option(min=1, help=LOCKSTEP_HELP)] = None,
 ) -> None:
-    """Reproduce the paper's Figs. 4-9: every run cached; figures, CSVs and REPORT.md."""
+    """Reproduce the paper's Figs. 4-9, or run the study beyond it: every run cached;
+    figures and REPORT.md (and the figures' CSVs for the paper)."""
     import time
     from dataclasses import replace
+    from functools import partial
 
-    from llmoffload.report import write_report
-    from llmoffload.sweep import QUICK, Grid, execute, plan
+    from llmoffload.sweep import execute
 
     began = time.perf_counter()
+    if study not in STUDIES:
+        raise OffloadError(f"unknown study '{study}' (choose from {', '.join(STUDIES)})")
     given = {
         "seeds": tuple(range(seeds)) if seeds else None,
-        "scenario": scenario,
         "episodes": episodes,
         "eval_episodes": eval_episodes,
         "time_limit_s": time_limit,
         "methods": tuple(method) if method else None,
-        "bandwidths_mhz": tuple(bandwidth) if bandwidth else None,
-        "deadlines_s": tuple(deadline) if deadline else None,
-        "failure_probs": tuple(failure_prob) if failure_prob else None,
-        "protocols": tuple(dict.fromkeys(protocol)) if protocol else None,
         "lockstep": lockstep,
     }
-    grid = replace(QUICK if quick else Grid(), **{k: v for k, v in given.items() if v is not None})
-    if grid.failure_method not in grid.methods:  # Fig. 9 falls to the first method swept
-        grid = replace(grid, failure_method=grid.methods[0])
-    out = out or Path("runs/quick" if quick else "runs/reproduce")
-    specs = plan(grid)
+    paper_only = {
+        "--scenario": scenario,
+        "--bandwidth": bandwidth,
+        "--deadline": deadline,
+        "--failure-prob": failure_prob,
+        "--protocol": protocol,
+    }
+    if study == "beyond":
+        from llmoffload import study_report
+        from llmoffload.study import QUICK_STUDY, Study, plan, rliable
+
+        if any(paper_only.values()):
+            used = ", ".join(k for k, v in paper_only.items() if v)
+            raise OffloadError(f"{used}: for --study paper only (beyond sets its own scenarios)")
+        rliable()  # a missing extra fails now, not after hours of runs
+        chosen = replace(
+            QUICK_STUDY if quick else Study(), **{k: v for k, v in given.items() if v is not None}
+        )
+        out = out or Path("runs/beyond-quick" if quick else "runs/beyond")
+        specs = plan(chosen)
+        write_report = partial(study_report.write_report, chosen)
+    else:
+        from llmoffload import report
+        from llmoffload.sweep import QUICK, Grid
+        from llmoffload.sweep import plan as sweep_plan
+
+        given |= {
+            "scenario": scenario,
+            "bandwidths_mhz": tuple(bandwidth) if bandwidth else None,
+            "deadlines_s": tuple(deadline) if deadline else None,
+            "failure_probs": tuple(failure_prob) if failure_prob else None,
+            "protocols": tuple(dict.fromkeys(protocol)) if protocol else None,
+        }
+        grid = replace(
+            QUICK if quick else Grid(), **{k: v for k, v in given.items() if v is not None}
+        )
+        if grid.failure_method not in grid.methods:  # Fig. 9 falls to the first method swept
+            grid = replace(grid, failure_method=grid.methods[0])
+        out = out or Path("runs/quick" if quick else "runs/reproduce")
+        specs = sweep_plan(grid)
+        write_report = partial(report.write_report, grid)
+
     out.mkdir(parents=True, exist_ok=True)
     outcome = execute(specs, out, workers or os.cpu_count() or 1, ray)
-    write_report(grid, specs, outcome, out)
+    write_report(specs, outcome, out)
     cached = len(outcome.results) - outcome.ran
     typer.echo(
         f"{len(specs)} runs: {outcome.ran} ran, {cached} cached, {len(outcome.failures)} failed "
-        f"({time.perf_counter() - began:.0f} s). Figures, CSVs and REPORT.md: {out}/"
+        f"({time.perf_counter() - began:.0f} s). Figures and REPORT.md: {out}/"
     )
     if outcome.failures:
         raise typer.Exit(1)

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter
 
 from llmoffload.files import replacing
 from llmoffload.stats import ci95
@@ -87,3 +88,24 @@ def save(fig: Figure, axes: list[Axes], path: str | Path) -> None:
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=120)
+
+
+def performance_profile(
+    taus: np.ndarray,
+    profiles: dict[str, np.ndarray],
+    bands: dict[str, np.ndarray],
+    path: str | Path,
+    xlabel: str,
+) -> None:
+    """Per method, the fraction of runs scoring at most tau (lower is better) against tau
+    on a log axis, its 95% band (rows: low, high) shaded (Agarwal et al., NeurIPS 2021)."""
+    fig, ax = canvas(1)
+    for name, fraction in profiles.items():
+        (line,) = ax[0].plot(taus, fraction, label=name, linewidth=1.8)
+        ax[0].fill_between(taus, *bands[name], color=line.get_color(), alpha=0.15, linewidth=0)
+    ax[0].set_xscale("log")
+    for axis in (ax[0].xaxis.set_major_formatter, ax[0].xaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%g"))  # 2, not 2 x 10^0
+    ax[0].set_xlabel(xlabel)
+    ax[0].set_ylabel("fraction of runs at most tau")
+    save(fig, ax, path)

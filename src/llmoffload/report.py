@@ -40,7 +40,7 @@ PROTOCOL_TEXT = (
     "in (Random draws from all actions). Under **masked** every learner acts and learns on the "
     "valid actions only (Random draws among them). CS-UCB masks under both (its constraint "
     "filter is the valid-action mask), so its runs serve both protocols, as do the references' "
-    "(HEFT, objective-greedy, Optimal), which learn nothing and stand beside the methods "
+    "(HEFT, best classic, Optimal), which learn nothing and stand beside the methods "
     "in both. Every learner is "
     "evaluated greedily over the valid actions under both. The paper's four claims are "
     "judged under the paper protocol, whose claims they are, and again, separately, under "
@@ -467,9 +467,9 @@ def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Par
     lines = [
         "# Reproduction of the UCB-COMA paper's experiments",
         "",
-        f"Methods: {', '.join(grid.methods)}; references HEFT, objective-greedy and Optimal "
-        "(CP-SAT, "
-        f"{grid.time_limit_s:g} s per instance). Seeds: {', '.join(map(str, grid.seeds))}. "
+        f"Methods: {', '.join(grid.methods)}; references HEFT, best classic (per instance the "
+        f"best of the classic schedulers) and Optimal (CP-SAT, {grid.time_limit_s:g} s per "
+        f"instance). Seeds: {', '.join(map(str, grid.seeds))}. "
         f"Training: {grid.episodes} episodes; evaluation: {grid.eval_episodes} held-out "
         f"instances per run. Base setting: W = {grid.bandwidth_mhz:g} MHz, "
         f"T_max = {grid.deadline_s:g} s, no failures; scenario '{grid.scenario}'.",

@@ -3,7 +3,7 @@
 A sweep is a ``Grid`` of settings. ``plan`` turns it into the runs Figs. 4-9
 need (each method at each bandwidth, deadline and, for one method, failure
 probability, per seed and protocol; shared points once), plus the references
-(HEFT, objective-greedy, Optimal) on the same held-out instances at every
+(HEFT, best classic, Optimal) on the same held-out instances at every
 setting. A run is named by a hash of everything that decides its numbers (the
 setting, the resolved scenario, the method's config under its protocol, the
 result format), so an interrupted sweep
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
@@ -49,7 +49,7 @@ from llmoffload.training import (
 )
 
 RESULT_FORMAT = "llmoffload-result/2"  # 2: runs carry their protocol
-REFERENCES = ("heft", "objective-greedy", "optimal")  # beside the learners, never trained
+REFERENCES = ("heft", "best-classic", "optimal")  # beside the learners, never trained
 ANY = "any"  # the protocol of a run that every protocol would run alike
 
 
@@ -74,19 +74,13 @@ class Grid:
 
     def check(self) -> None:
         """One clear error for a grid that cannot run, before any run starts."""
-        for method in self.methods:
-            if method not in LEARNERS:
-                raise OffloadError(f"unknown method '{method}' (choose from {', '.join(LEARNERS)})")
+        check_runs(self)
         if self.failure_method not in self.methods:
             raise OffloadError(f"the failure method '{self.failure_method}' is not swept")
         for protocol in self.protocols:
             check_protocol(protocol)
         if not all(0.0 <= p < 1.0 for p in self.failure_probs):
             raise OffloadError("failure probabilities must lie in [0, 1)")
-        if not self.seeds:
-            raise OffloadError("at least one seed is needed")
-        if min(self.episodes, self.eval_episodes, self.lockstep) < 1:
-            raise OffloadError("episodes, held-out episodes and lockstep must be at least 1")
         base = load_scenario(self.scenario)
         for w, t in self.settings():
             variant(base, w, t)  # raises on a bad W or T_max
@@ -100,6 +94,29 @@ class Grid:
 
 
 QUICK = Grid(seeds=(0, 1), episodes=100, eval_episodes=10, time_limit_s=2.0)
+
+
+class Budget(Protocol):
+    """What a plan gives each run: the learners, seeds and how long each run works
+    (a ``Grid``, or ``study.Study``)."""
+
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    episodes: int
+    lockstep: int
+    eval_episodes: int
+    time_limit_s: float
+
+
+def check_runs(budget: Budget) -> None:
+    """The checks every plan shares: known learners, a seed, work to do."""
+    for method in budget.methods:
+        if method not in LEARNERS:
+            raise OffloadError(f"unknown method '{method}' (choose from {', '.join(LEARNERS)})")
+    if not budget.seeds:
+        raise OffloadError("at least one seed is needed")
+    if min(budget.episodes, budget.eval_episodes, budget.lockstep) < 1:
+        raise OffloadError("episodes, held-out episodes and lockstep must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,34 @@ class RunSpec:
         base = parse_scenario(json.loads(self.scenario), "sweep")
         return variant(base, self.bandwidth_mhz, self.deadline_s)
 
+    @classmethod
+    def of(
+        cls,
+        method: str,
+        protocol: str,
+        setting: tuple[float, float, float],
+        seed: int,
+        budget: Budget,
+        scenario: str,
+    ) -> RunSpec:
+        """``method``'s run at (W, T_max, failure probability) under ``protocol``. A
+        reference trains nothing and a learner's numbers do not hang on the CP-SAT limit:
+        their budgets are 0, so that they change no key."""
+        learner = method not in REFERENCES
+        return cls(
+            method=method,
+            protocol=protocol_of(method, protocol),
+            bandwidth_mhz=setting[0],
+            deadline_s=setting[1],
+            failure_prob=setting[2],
+            seed=seed,
+            episodes=budget.episodes if learner else 0,
+            lockstep=budget.lockstep if learner else 0,
+            eval_episodes=budget.eval_episodes,
+            time_limit_s=0.0 if learner else budget.time_limit_s,
+            scenario=scenario,
+        )
+
 
 def variant(base: Scenario, bandwidth_mhz: float, deadline_s: float) -> Scenario:
     """The base scenario at bandwidth W and deadline T_max, validated like a file."""
@@ -174,20 +219,7 @@ def plan(grid: Grid) -> list[RunSpec]:
     points += [(m, w, t, 0.0) for m in REFERENCES for w, t in grid.settings()]
     specs = {}
     for seed, protocol, (method, w, t, p) in product(grid.seeds, grid.protocols, points):
-        learner = method not in REFERENCES
-        spec = RunSpec(
-            method=method,
-            protocol=protocol_of(method, protocol),
-            bandwidth_mhz=w,
-            deadline_s=t,
-            failure_prob=p,
-            seed=seed,
-            episodes=grid.episodes if learner else 0,
-            lockstep=grid.lockstep if learner else 0,
-            eval_episodes=grid.eval_episodes,
-            time_limit_s=0.0 if learner else grid.time_limit_s,
-            scenario=base,
-        )
+        spec = RunSpec.of(method, protocol, (w, t, p), seed, grid, base)
         specs.setdefault(spec.key, spec)
     return list(specs.values())
 

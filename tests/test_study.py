@@ -1,0 +1,182 @@
+"""The study beyond the paper: its plan, its statistics by hand, and one tiny study end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner, Result
+
+from llmoffload.cli import app
+from llmoffload.errors import OffloadError
+from llmoffload.scenario import load_scenario, with_reward
+from llmoffload.study import (
+    Estimate,
+    Study,
+    iqm_intervals,
+    objectives,
+    plan,
+    profiles,
+    ratios,
+    scenario_of,
+)
+from llmoffload.study_report import Row, verdict
+from llmoffload.training import held_out, make_config
+
+LEARNERS = ("ucb-coma", "coma", "maddpg", "mappo", "cs-ucb")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args: object) -> Result:
+    return CliRunner().invoke(app, ["reproduce", "--study", *map(str, args)])
+
+
+def test_the_plan_trains_every_learner_masked_on_the_objective_beside_the_references() -> None:
+    study = Study(seeds=(0, 1))
+    specs = plan(study)
+    assert study.methods == LEARNERS
+    assert len(specs) == 3 * 2 * (5 + 3)  # scenarios x seeds x (learners + references)
+    for spec in specs:
+        name = scenario_of(spec)
+        scenario = with_reward(load_scenario(name), "objective")
+        assert spec.scenario == json.dumps(scenario.model_dump(mode="json"))  # key order kept
+        assert (spec.bandwidth_mhz, spec.deadline_s) == (
+            scenario.network.bandwidth_mhz,
+            scenario.t_max_s,
+        )
+        if spec.method in LEARNERS:  # CS-UCB masks under any protocol: its protocol is "any"
+            assert spec.config() == make_config(spec.method, {}, "masked")
+            assert spec.protocol == ("any" if spec.method == "cs-ucb" else "masked")
+            assert (spec.episodes, spec.time_limit_s) == (700, 0.0)
+        else:
+            assert (spec.episodes, spec.time_limit_s) == (0, 10.0)
+    assert {scenario_of(s) for s in specs} == {"dear-cloud", "slow-uplink", "contended"}
+    # the references of a seed score exactly the instances its learners are evaluated on
+    by = {(scenario_of(s), s.seed, s.method): s for s in specs}
+    for (name, seed, _), spec in by.items():
+        for ref in ("heft", "best-classic", "optimal"):
+            other = by[name, seed, ref]
+            assert spec.eval_episodes == other.eval_episodes == 50
+            mine = held_out(spec.resolved_scenario(), spec.seed, 2)
+            theirs = held_out(other.resolved_scenario(), other.seed, 2)
+            assert [i.tasks for *_, i in mine] == [i.tasks for *_, i in theirs]
+
+
+def test_a_bad_study_is_one_clear_error() -> None:
+    with pytest.raises(OffloadError, match="unknown method 'dqn'"):
+        plan(Study(methods=("dqn",)))
+    with pytest.raises(OffloadError, match="scenario file not found: nowhere"):
+        plan(Study(scenarios=("nowhere",)))
+
+
+def results(method: str, by_seed: dict[int, list[float]]) -> list[dict[str, Any]]:
+    """Result dicts as ``sweep.run_one`` writes them, with only what the study reads."""
+    return [
+        {"spec": {"method": method, "seed": s}, "held_out": {"objective": o}}
+        for s, o in by_seed.items()
+    ]
+
+
+def test_the_iqm_is_the_mean_of_the_middle_half_and_its_interval_holds_it() -> None:
+    fake = [
+        *results("optimal", {0: [2.0] * 4, 1: [4.0] * 4}),
+        *results("best-classic", {0: [4.0] * 4, 1: [8.0] * 4}),
+        # seed 2 has no Optimal beside it: it is left out of the ratios
+        *results("coma", {0: [2.0, 2.2, 2.4, 2.6], 1: [5.6, 6.0, 6.4, 20.0], 2: [1.0] * 4}),
+    ]
+    objs = objectives(fake)
+    to_optimal = ratios(objs, "optimal")
+    expected = [[1.0, 1.1, 1.2, 1.3], [1.4, 1.5, 1.6, 5.0]]
+    np.testing.assert_allclose(to_optimal["coma"], expected)
+    np.testing.assert_allclose(ratios(objs, "best-classic")["coma"], np.divide(expected, 2))
+    # 8 ratios: drop the 2 lowest (1.0, 1.1) and the 2 highest (1.6, 5.0)
+    iqm = (1.2 + 1.3 + 1.4 + 1.5) / 4
+    np.random.seed(7)
+    untouched = np.random.random()
+    np.random.seed(7)
+    got = iqm_intervals(to_optimal, reps=500)
+    assert np.random.random() == untouched  # the bootstrap leaves numpy's global draws alone
+    assert got["coma"].iqm == pytest.approx(iqm)
+    assert got["coma"].low < iqm < got["coma"].high < 5.0
+    assert got["optimal"] == Estimate(1.0, 1.0, 1.0)
+    assert iqm_intervals(to_optimal, reps=500) == got  # the same results, the same report
+
+    taus = np.array([0.99, 1.3, 10.0])
+    fractions, bands = profiles({"coma": to_optimal["coma"]}, taus, reps=200)
+    np.testing.assert_allclose(fractions["coma"], [0.0, 4 / 8, 1.0])
+    assert bands["coma"].shape == (2, 3) and bands["coma"][0, 1] <= 0.5 <= bands["coma"][1, 1]
+
+
+def test_the_target_needs_both_bars_and_is_stated_either_way() -> None:
+    def row(method: str, to_optimal: float, classic_high: float) -> Row:
+        return Row(method, Estimate(to_optimal, 1.0, 1.1), Estimate(0.9, 0.8, classic_high), 5.0, 3)
+
+    learners = ("coma", "mappo")
+    rows = [row("coma", 1.05, 0.9), row("mappo", 1.02, 0.97), row("heft", 1.0, 0.5)]
+    assert "**holds** on x. The best learner, mappo, is at 1.02 [1, 1.1]" in verdict(
+        "x", rows, learners
+    )
+    rows[1] = row("mappo", 1.02, 1.01)  # the interval reaches 1: not surely better
+    assert "**does not hold** on x. The best learner, mappo" in verdict("x", rows, learners)
+    rows[1] = row("mappo", 1.04, 0.9)  # surely better than the classic, too far from Optimal
+    assert "**does not hold** on x" in verdict("x", rows, learners)
+    assert "**not tested**" in verdict("x", rows[2:], learners)
+
+
+def test_a_tiny_study_writes_its_report_and_figures_and_a_rerun_uses_the_cache(
+    tmp_path: Path,
+) -> None:
+    args = ["beyond", "--quick", "--out", tmp_path, "--seeds", 1, "--method", "cs-ucb",
+            "--episodes", 2, "--eval-episodes", 2, "--time-limit", 0.5, "--workers", 2]  # fmt: skip
+    runs = 3 * (1 + 3)  # scenarios x (learners + references), one seed
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    assert f"{runs} runs: {runs} ran, 0 cached, 0 failed" in first.stdout
+    report = (tmp_path / "REPORT.md").read_text()
+    assert f"Runs: {runs} of {runs} finished." in report
+    for name in ("dear-cloud", "slow-uplink", "contended"):
+        part = report.split(f"## {name} (W = 6 MHz, T_max = 3 s)\n")[1].split("\n## ")[0]
+        assert "Target (the best learner's IQM ratio to Optimal at most 1.03" in part
+        assert ("**holds**" in part) != ("**does not hold**" in part)
+        assert "Optimal is proven optimal on " in part and " of 2 held-out instances" in part
+        for method in ("cs-ucb", "heft", "best-classic"):
+            assert f"\n| {method} | " in part and part.count(f"| {method} |") == 1
+        assert "\n| optimal | 1 [1, 1] | " in part
+        for stem in ("profile", "training"):
+            assert f"]({name}_{stem}.png)" in part
+            assert (tmp_path / f"{name}_{stem}.png").read_bytes().startswith(PNG_MAGIC)
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    assert f"{runs} runs: 0 ran, {runs} cached, 0 failed" in again.stdout
+    assert (tmp_path / "REPORT.md").read_text() == report  # seeded: the same report
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "error: unknown study 'nope' (choose from paper, beyond)"),
+        (["beyond", "--protocol", "masked", "--bandwidth", "5"], "error: --bandwidth, --protocol:"),
+        (["beyond", "--method", "dqn"], "error: unknown method 'dqn'"),
+    ],
+)
+def test_bad_study_options_are_one_clear_error(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = cli(*args, "--out", tmp_path / "bad")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_without_rliable_the_study_stops_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "rliable", None)  # as if not installed
+    result = cli("beyond", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: --study needs rliable: pip install 'llmoffload[study]'\n"
+    assert not (tmp_path / "out").exists()
