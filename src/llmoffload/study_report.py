@@ -23,6 +23,7 @@ from llmoffload.study import (
     Estimate,
     Scores,
     Study,
+    episodes,
     iqm_intervals,
     objectives,
     profiles,
@@ -155,7 +156,8 @@ def markdown(study: Study, specs: list[RunSpec], outcome: Outcome, sections: lis
         f"only) and rewarded by the objective itself (reward form `{REWARD}`). References: "
         "HEFT, best classic (per instance the best of the classic schedulers) and Optimal "
         f"(CP-SAT, {study.time_limit_s:g} s per instance). Seeds: "
-        f"{', '.join(map(str, study.seeds))}. Training: {study.episodes} episodes; evaluation: "
+        f"{', '.join(map(str, study.seeds))}. Training episodes: "
+        f"{', '.join(f'{episodes(study, n)} on {n}' for n in study.scenarios)}; evaluation: "
         f"{study.eval_episodes} held-out instances per run, the same for every method of a seed.",
         "",
         "A ratio is a method's held-out objective over the reference's on the same instance "
