@@ -115,6 +115,15 @@ def test_scenario_show_names_every_server_and_plausible_rates(paper: dict[str, A
         assert snr_db == pytest.approx([10 * math.log10(snr)] * len(edges), abs=0.06)
 
 
+def test_scenario_show_tells_slots_and_arrivals() -> None:
+    result = cli("scenario", "show", "contended")
+    assert_ok(result)
+    cloud = next(line.split() for line in result.stdout.splitlines() if line.startswith("  cloud"))
+    assert cloud[:5] == ["cloud", "cloud", "10.0", "2.0", "2"]  # name, kind, GHz, $/GHz, slots
+    assert "arrivals: Poisson, 8 per s, the first at t = 0" in result.stdout
+    assert "arrivals: all at t = 0" in cli("scenario", "show", "paper").stdout
+
+
 def test_scenario_validate_builtin_file() -> None:
     with resources.as_file(PAPER_YAML) as path:
         result = cli("scenario", "validate", path)

@@ -103,7 +103,7 @@ def db(ratio: float) -> float:
 def describe_scenario(sc: Scenario) -> str:
     """Every number of a scenario, and the device-edge rates they imply."""
     net, ch, load = sc.network, sc.network.channel, sc.workload
-    latency = {"span": "max EN - min ST + downlink", "arrival": "from arrival at t = 0"}
+    latency = {"span": "max EN - min ST + downlink", "arrival": "from the task's arrival"}
     out = [
         f"scenario {sc.name}",
         f"  gamma {sc.gamma:g}, T_max {sc.t_max_s:g} s, latency {sc.latency} "
@@ -111,8 +111,11 @@ def describe_scenario(sc: Scenario) -> str:
         "",
         "servers",
         table(
-            ["name", "kind", "GHz", "$/GHz", "modalities"],
-            [[s.name, s.kind, s.ghz, s.usd_per_ghz, ", ".join(s.modalities)] for s in sc.servers],
+            ["name", "kind", "GHz", "$/GHz", "slots", "modalities"],
+            [
+                [s.name, s.kind, s.ghz, s.usd_per_ghz, s.slots or "any", ", ".join(s.modalities)]
+                for s in sc.servers
+            ],
         ),
         "",
         "network",
@@ -130,6 +133,12 @@ def describe_scenario(sc: Scenario) -> str:
         "workload",
         f"  {load.tasks} tasks per instance, workflow drawn uniformly from: "
         f"{', '.join(load.workflows)}",
+        "  arrivals: "
+        + (
+            f"Poisson, {load.arrivals_per_s:g} per s, the first at t = 0"
+            if load.arrivals_per_s
+            else "all at t = 0"
+        ),
         f"  {load.cycles_per_bit:g} CPU cycles per input bit",
         table(
             ["modality", "input kbit", "output kbit"],
@@ -272,6 +281,7 @@ def schedule_json(policy: str, path: Path, inst: Instance, outcome: Outcome) -> 
         "tasks": [
             {
                 "workflow": task.workflow,
+                "arrival_s": task.arrival_s,
                 "latency": res.latency,
                 "cost": res.cost,
                 "slack": res.slack,
@@ -308,6 +318,7 @@ def schedule_text(policy: str, path: Path, inst: Instance, outcome: Outcome) -> 
         [
             i,
             t.workflow,
+            f"{t.arrival_s:.4f}",
             f"{res.latency:.4f}",
             f"{res.cost:.6f}",
             f"{res.slack:.4f}",
@@ -325,7 +336,7 @@ def schedule_text(policy: str, path: Path, inst: Instance, outcome: Outcome) -> 
         ),
         "",
         "tasks",
-        table(["task", "workflow", "latency", "cost", "slack", "objective"], tasks),
+        table(["task", "workflow", "arrival", "latency", "cost", "slack", "objective"], tasks),
         "",
         f"objective {sched.objective:.6f} (sum of {sc.gamma:g} T_i + {1 - sc.gamma:g} Cost_i)",
         f"deadline misses {sched.deadline_misses} of {len(inst.tasks)} (T_max {sc.t_max_s:g} s)",
