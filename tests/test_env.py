@@ -1,4 +1,4 @@
-"""The MDP environment (SPEC §4): API, masks, reward arithmetic, observations, episodes.
+"""The MDP environment (docs/model.md §4): API, masks, rewards, observations, episodes.
 
 Rewards are checked against numbers worked out by hand from the paper's
 setting (the same round-rate trick as tests/test_execution.py):

@@ -1,6 +1,6 @@
 """The execution model against numbers worked out by hand on the paper's setting.
 
-Every expected value below is derived in the comments from SPEC §2-§3 and the
+Every expected value below is derived in the comments from docs/model.md §2-§3 and the
 paper's §5.1 numbers, never from the code under test:
 
     servers  0 edge-text 2.0 GHz, 1 edge-image 2.3 GHz, 2 edge-audio 2.5 GHz,
@@ -179,7 +179,7 @@ def test_hand_worked_schedule_latency_from_arrival() -> None:
 
 
 def test_cloud_subtask_waits_for_its_cloud_predecessor() -> None:
-    """SPEC §3's fix: the paper's (1 - zeta) factor would start y at 0; it must wait for x.
+    """The fix of docs/model.md §3: the paper's (1 - zeta) factor would start y at 0.
 
     x: D 1000, C 1.9e6 -> upload 1000 / 3e6 = 3.333e-4, compute 1.9e-4, end 5.2333e-4
     y: starts at x's end (transfer 0 on the same cloud)

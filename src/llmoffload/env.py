@@ -1,4 +1,4 @@
-"""The paper's MDP (§4.1, SPEC §4) as a PettingZoo ``ParallelEnv``: one agent per task.
+"""The paper's MDP (§4.1; docs/model.md §4) as a PettingZoo ``ParallelEnv``, one agent per task.
 
 At every decision step each agent whose task still has work picks one action
 ``a = j * S + k``: dispatch its subtask ``j`` to server ``k``. Actions are
@@ -48,7 +48,7 @@ def on_time(instance: Instance, run: Run) -> float:
 
 
 def run_reward(instance: Instance, run: Run) -> float:
-    """SPEC §4's reward of one executed dispatch (form ``paper``): ``on_time`` minus
+    """docs/model.md §4's reward of one executed dispatch (form ``paper``): ``on_time`` minus
     its weighted time and cost."""
     sc = instance.scenario
     weighted = sc.gamma * (run.upload + run.compute) + (1.0 - sc.gamma) * run.cost
@@ -255,7 +255,8 @@ class OffloadEnv(ParallelEnv):
         return [a for a, on in zip(self.possible_agents, self.acting(), strict=True) if on]
 
     def _apply(self, i: int, j: int, k: int) -> tuple[float, dict]:
-        """Reward of agent i dispatching subtask j to server k (SPEC §4), executed if valid."""
+        """Reward of agent i dispatching subtask j to server k (docs/model.md §4); the
+        dispatch is executed if valid."""
         sc, ex = self.scenario, self.ex
         v = sc.reward.penalty
         task = self.instance.tasks[i]

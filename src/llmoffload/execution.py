@@ -1,4 +1,4 @@
-"""The execution model (paper §3.2-§3.3, SPEC §3), one dispatch at a time.
+"""The execution model (paper §3.2-§3.3, docs/model.md §3), one dispatch at a time.
 
 A schedule is a dispatch sequence of (task, subtask, server). A server with K
 slots (an edge: one) runs at most K subtasks at once, in dispatch order: each
@@ -247,7 +247,7 @@ class Execution:
         return t.gamma * latency + (1.0 - t.gamma) * t.cost[task][subtask][server]
 
     def task_result(self, task: int) -> TaskResult:
-        """T_i and Cost_i of a task whose subtasks are all dispatched (SPEC §3)."""
+        """T_i and Cost_i of a task whose subtasks are all dispatched (docs/model.md §3)."""
         t = self.tables
         if self.left[task]:
             raise InvalidDispatch(f"task {task} still has {self.left[task]} subtasks to dispatch")

@@ -1,4 +1,4 @@
-"""An independent check that a schedule obeys the system model (SPEC §3).
+"""An independent check that a schedule obeys the system model (docs/model.md §3).
 
 Written apart from ``execution.py`` on purpose: it recomputes every time and
 cost straight from the instance's raw fields, so a bug in the execution
@@ -56,7 +56,7 @@ def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> lis
     rates = [link_rates(sc, task.distances_m) for task in tasks]
 
     def transfer(bits: float, src: int, dst: int) -> float:
-        """Moving a predecessor's output between servers (SPEC §3)."""
+        """Moving a predecessor's output between servers (docs/model.md §3)."""
         if src == dst:
             return 0.0
         if "cloud" in (sc.servers[src].kind, sc.servers[dst].kind):
@@ -159,7 +159,7 @@ def _task_problems(
     position: dict[tuple[int, int], int],
     close: Callable[[float, float], bool],
 ) -> list[str]:
-    """Latency, cost, slack and objective per task, and the total (SPEC §3)."""
+    """Latency, cost, slack and objective per task, and the total (docs/model.md §3)."""
     sc = instance.scenario
     if len(schedule.tasks) != len(instance.tasks):
         return [f"{len(schedule.tasks)} task results for {len(instance.tasks)} tasks"]
