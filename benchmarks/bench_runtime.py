@@ -1,6 +1,7 @@
 """Benchmark the runtime against local llama.cpp servers with tiny random-weight models.
 
     python benchmarks/bench_runtime.py [--rounds 3] [--seconds 4] [--capacity 8]
+    python benchmarks/bench_runtime.py --flood [--requests 150] [--flood-mb 100]
 
 Starts four servers (three edges and the cloud of the paper scenario, one thread each),
 then prints three tables:
@@ -13,17 +14,24 @@ then prints three tables:
    subtasks of real workflow requests;
 3. requests per second the service sustains before it answers 503: an open-loop ramp of
    request rates, each for ``--seconds``, stopping at the first rate that gets a 503.
+
+``--flood`` prints one table instead: the service's latency for ``--requests`` normal
+requests, one at a time, alone and then while another process floods it with bodies of
+``--flood-mb`` MB (over the 1 MiB limit: each is refused with 413 and its connection
+closed, which the flooder may see as a read error; neither should slow the others).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -32,6 +40,10 @@ from llmoffload.runtime.deployment import Bound, load_deployment
 from llmoffload.runtime.executor import Batch, Executor, Request, planner
 from llmoffload.runtime.local import llama_servers, serve_app, write_deployment
 from llmoffload.runtime.service import create_app
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
+    from multiprocessing.synchronize import Event
 
 SERVERS = ["edge-text", "edge-image", "edge-audio", "cloud"]
 WORKFLOWS = ["text-analysis", "image-analysis", "audio-analysis", "vqa", "audio-text"]
@@ -63,7 +75,7 @@ def overhead(bound: Bound, logs: dict[str, Path]) -> dict[str, list[float]]:
 
     async def go() -> list[Batch]:
         async with httpx.AsyncClient() as client:
-            ex = Executor(bound, planner("heft"), client)
+            ex = Executor(bound, planner("heft", bound), client)
             return [await ex.run([Request(workflow=w, text="Check the pump.")]) for w in WORKFLOWS]
 
     batches = asyncio.run(go())
@@ -90,7 +102,7 @@ def calibration(bound: Bound, rounds: int) -> list[list[str]]:
         async with httpx.AsyncClient() as client:
             fitting = await measure(client, bound, rounds)
             held_out = await measure(client, bound, rounds)
-            ex = Executor(bound, planner("heft"), client)
+            ex = Executor(bound, planner("heft", bound), client)
             runs = [await ex.run([Request(workflow=w, text="Check it.")]) for w in WORKFLOWS]
             return fitting, held_out, runs
 
@@ -140,7 +152,7 @@ async def offered(url: str, rate: float, seconds: float) -> tuple[int, int, floa
 
 def throughput(bound: Bound, capacity: int, seconds: float) -> list[list[str]]:
     rows = []
-    with serve_app(create_app(bound, planner("heft"), capacity)) as base:
+    with serve_app(create_app(bound, planner("heft", bound), capacity)) as base:
         url = f"{base}/v1/requests"
         for rate in RATES:
             ok, full, per_s, median = asyncio.run(offered(url, rate, seconds))
@@ -148,6 +160,73 @@ def throughput(bound: Bound, capacity: int, seconds: float) -> list[list[str]]:
             if full:
                 break
     return rows
+
+
+async def one_at_a_time(url: str, requests: int) -> list[float]:
+    """Seconds each of ``requests`` normal requests took, sent one after another."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        seconds = []
+        for k in range(requests):
+            began = time.perf_counter()
+            body = {"workflow": WORKFLOWS[k % len(WORKFLOWS)], "text": "Inspect it."}
+            reply = await client.post(url, json=body)
+            reply.raise_for_status()
+            seconds.append(time.perf_counter() - began)
+        return seconds
+
+
+def flood(url: str, megabytes: float, stop: Event, refused: Synchronized[int]) -> None:
+    """Post oversized bodies over four connections until ``stop``; count the refusals."""
+    body = b'{"workflow": "vqa", "text": "' + b"a" * int(megabytes * 1e6) + b'"}'
+
+    async def stream() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    reply = await client.post(url, content=body)
+                    assert reply.status_code == 413, reply.status_code
+                except httpx.TimeoutException:
+                    continue
+                except httpx.ReadError:  # the 413's connection closed mid-upload
+                    pass
+                with refused.get_lock():
+                    refused.value += 1
+
+    async def streams() -> None:
+        await asyncio.gather(*(stream() for _ in range(4)))
+
+    asyncio.run(streams())
+
+
+def latency_row(name: str, seconds: list[float], refused_per_s: float) -> list[str]:
+    ranked = sorted(seconds)
+    p99 = ranked[round(0.99 * (len(ranked) - 1))]
+    median = statistics.median(ranked)
+    return [
+        name,
+        str(len(ranked)),
+        f"{median * 1e3:.1f}",
+        f"{p99 * 1e3:.1f}",
+        f"{refused_per_s:.1f}",
+    ]
+
+
+def flooded(bound: Bound, requests: int, megabytes: float) -> list[list[str]]:
+    """Latency of normal requests alone, then while another process floods big bodies."""
+    spawn = multiprocessing.get_context("spawn")
+    stop, refused = spawn.Event(), spawn.Value("i", 0)
+    with serve_app(create_app(bound, planner("heft", bound))) as base:
+        url = f"{base}/v1/requests"
+        rows = [latency_row("alone", asyncio.run(one_at_a_time(url, requests)), 0.0)]
+        flooder = spawn.Process(target=flood, args=(url, megabytes, stop, refused))
+        flooder.start()
+        time.sleep(2.0)  # let the flood get going
+        before, began = refused.value, time.perf_counter()
+        seconds = asyncio.run(one_at_a_time(url, requests))
+        rate = (refused.value - before) / (time.perf_counter() - began)
+        stop.set()
+        flooder.join()
+    return [*rows, latency_row("flooded", seconds, rate)]
 
 
 def show(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -161,12 +240,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="calibration calls per size")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per offered rate")
     parser.add_argument("--capacity", type=int, default=8, help="service admission limit")
+    parser.add_argument("--flood", action="store_true", help="only: latency under a flood")
+    parser.add_argument("--requests", type=int, default=150, help="normal requests, --flood")
+    parser.add_argument("--flood-mb", type=float, default=100.0, help="flood body size, MB")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with llama_servers(SERVERS, work, verbose=True) as servers:
             bound = load_deployment(write_deployment(work / "deployment.yaml", servers))
             print(f"deployment: {len(servers)} llama.cpp servers, tiny random model, max_tokens 8")
+            if args.flood:
+                show(
+                    f"service latency, ms, one request at a time; flood: {args.flood_mb:g} MB "
+                    "bodies over 4 connections from another process",
+                    ["while", "requests", "median", "p99", "flood refused/s"],
+                    flooded(bound, args.requests, args.flood_mb),
+                )
+                return
             parts = overhead(bound, {name: work / f"{name}.log" for name in servers})
             show(
                 f"per-subtask time, ms (n = {len(parts['total'])}, heft, one request at a time)",

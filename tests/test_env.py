@@ -53,7 +53,7 @@ VQA = Task(
     ],
 )
 CHAIN = Task(
-    workflow="text-analysis",
+    workflow="chain",  # not the scenario's text-analysis: two subtasks, not four
     distances_m=[distance_for_snr(1), distance_for_snr(3), distance_for_snr(15)],
     subtasks=[sub("a", "text", 1200, 1000, []), sub("b", "text", 2400, 1500, [0])],
 )

@@ -59,7 +59,7 @@ VQA = Task(
 )
 # A short text chain that competes with task 0 for edge-text.
 CHAIN = Task(
-    workflow="text-analysis",
+    workflow="chain",  # not the scenario's text-analysis: two subtasks, not four
     distances_m=D1,
     subtasks=[
         sub("a", "text", 1200, 1000, []),  # C = 2.28e6

@@ -49,7 +49,7 @@ def edgy_scenario(path: Path) -> Path:
         resources.files("llmoffload.scenarios").joinpath("paper.yaml").read_text()
     )
     data["servers"][3].update(ghz=1.0, usd_per_ghz=0.3)
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # keep the modalities' order
     return path
 
 
@@ -71,7 +71,8 @@ def run_batches(path: Path, batches: list[list[Request]], policy: str = "heft") 
 
     async def go() -> list[Batch]:
         async with httpx.AsyncClient() as client:
-            ex = Executor(load_deployment(path), planner(policy), client)
+            bound = load_deployment(path)
+            ex = Executor(bound, planner(policy, bound, tasks=len(batches[0])), client)
             return list(await asyncio.gather(*(ex.run(b) for b in batches)))
 
     return asyncio.run(go())
@@ -146,7 +147,7 @@ def test_killing_an_edge_mid_request_still_answers_via_the_cloud(
         async def go() -> Batch:
             async with httpx.AsyncClient() as client:
                 bound = load_deployment(path)
-                ex = Executor(bound, planner("heft"), client, on_attempt=kill_after_first)
+                ex = Executor(bound, planner("heft", bound), client, on_attempt=kill_after_first)
                 return await ex.run([Request(workflow="text-analysis", text="Why?")])
 
         batch = asyncio.run(go())
@@ -273,7 +274,7 @@ def test_calibration_predicts_real_subtask_times_better(deployment: Path) -> Non
     async def go() -> tuple[list[Sample], list[Sample], list[Batch]]:
         async with httpx.AsyncClient() as client:
             fitting, held_out = await measure(client, bound, 3), await measure(client, bound)
-            ex = Executor(bound, planner("heft"), client)
+            ex = Executor(bound, planner("heft", bound), client)
             batches = [await ex.run([Request(workflow=w, text="Check it.")]) for w in WORKFLOWS]
             return fitting, held_out, batches
 
@@ -292,7 +293,8 @@ def test_calibration_predicts_real_subtask_times_better(deployment: Path) -> Non
 
 
 def test_service_answers_reports_and_refuses(deployment: Path) -> None:
-    app = create_app(load_deployment(deployment), planner("heft"), capacity=1)
+    bound = load_deployment(deployment)
+    app = create_app(bound, planner("heft", bound), capacity=1)
     with serve_app(app) as url:
         health = httpx.get(f"{url}/health").json()
         assert health["status"] == "ok" and health["capacity"] == 1

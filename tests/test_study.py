@@ -156,12 +156,23 @@ def test_a_tiny_study_writes_its_report_and_figures_and_a_rerun_uses_the_cache(
     assert (tmp_path / "REPORT.md").read_text() == report  # seeded: the same report
 
 
+def test_a_study_of_a_chosen_scenario(tmp_path: Path) -> None:
+    tiny = ["--seeds", 1, "--method", "cs-ucb", "--episodes", 2, "--eval-episodes", 2]
+    result = cli("beyond", "--quick", "--out", tmp_path, "--scenario", "paper", *tiny)
+    assert result.exit_code == 0, result.output
+    assert "4 runs: 4 ran" in result.stdout  # cs-ucb and the three references
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "\n## paper (W = 6 MHz, T_max = 3 s)\n" in report and "## dear-cloud" not in report
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["nope"], "error: unknown study 'nope' (choose from paper, beyond)"),
         (["beyond", "--protocol", "masked", "--bandwidth", "5"], "error: --bandwidth, --protocol:"),
         (["beyond", "--method", "dqn"], "error: unknown method 'dqn'"),
+        (["beyond", "--scenario", "nope.yaml"], "error: scenario file not found: nope.yaml"),
+        (["paper", "--scenario", "paper", "--scenario", "x"], "error: --study paper sweeps one"),
     ],
 )
 def test_bad_study_options_are_one_clear_error(

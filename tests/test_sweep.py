@@ -83,7 +83,9 @@ def test_tiny_sweep_writes_every_file_and_a_second_run_reruns_nothing(swept: Pat
         part = report.split(f"## The {protocol} protocol\n")[1].split("\n## ")[0]
         assert f"### The paper's claims ({protocol} protocol)" in part
         assert "| UCB-COMA is best on every figure |" in part
-        assert "| COMA is second on reward | **not tested** | coma not in the sweep |" in part
+        missing = "coma, maddpg, mappo, cs-ucb not in the sweep"
+        assert f"| UCB-COMA is best on every figure | **not tested** | {missing} |" in part
+        assert f"| COMA is second on reward | **not tested** | {missing} |" in part
         assert f"### Fig. 4: training reward at the base setting ({protocol} protocol)" in part
         assert f"![fig9_failures{tag}](fig9_failures{tag}.png)" in part
         assert all(f"| {m} |" in part for m in ("heft", "best-classic", "optimal"))
@@ -187,7 +189,7 @@ def test_an_unreachable_ray_cluster_is_one_clear_error(tmp_path: Path) -> None:
 def test_bad_grids_are_one_clear_error(tmp_path: Path) -> None:
     for extra, message in [
         (["--method", "dqn"], "error: unknown method 'dqn'"),
-        (["--failure-prob", "1.5"], "error: failure probabilities must lie in [0, 1)"),
+        (["--failure-prob", "1.5"], "error: failure_prob=1.5: must be in [0, 1)"),
         (["--bandwidth", "-1"], "error: W=-1 MHz"),
         (["--protocol", "fair"], "error: unknown protocol 'fair' (choose from paper, masked)"),
     ]:
@@ -231,23 +233,28 @@ def test_ratio_to_optimal_pairs_the_same_instances() -> None:
 
 
 def test_claims_are_judged_at_every_point() -> None:
-    methods = ["ucb-coma", "coma", "cs-ucb", "random"]
+    methods = ["ucb-coma", "coma", "cs-ucb", "maddpg", "mappo", "random"]
 
     def series(*rows: list[float]) -> dict:
         return {
             m: (np.array(v, float), np.zeros(len(v))) for m, v in zip(methods, rows, strict=True)
         }
 
-    rewards = [("Fig. 5", ["W=5", "W=6"], series([9, 9], [8, 7], [7, 8], [1, 1]))]
-    costs = [("Fig. 6", ["W=5", "W=6"], series([1, 1], [2, 2], [3, 3], [np.nan, np.nan]))]
+    rewards = [("Fig. 5", ["W=5", "W=6"], series([9, 9], [8, 7], [7, 8], [5, 5], [4, 4], [1, 1]))]
+    costs = [
+        ("Fig. 6", ["W=5", "W=6"], series([1, 1], [2, 2], [3, 3], [2, 2], [2, 2], [np.nan] * 2))
+    ]
     ucb, coma, cs, low = check_claims(methods, rewards, costs, random_trend=(0.5, 1.0))
     assert ucb.verdict == "holds" and cs.verdict == "holds" and low.verdict == "holds"
     assert coma == Verdict(
         "COMA is second on reward",
         "does not hold",
         "fails at 1 of 2 points, e.g. Fig. 5 W=6, best first: ucb-coma 9, cs-ucb 8, coma 7, "
-        "random 1",
+        "maddpg 5, mappo 4, random 1",
     )
+    alone = {"cs-ucb": (np.array([3.0]), np.zeros(1))}
+    one = check_claims(["cs-ucb"], [], [("Fig. 6", ["W=5"], alone)], random_trend=None)
+    assert {v.verdict for v in one} == {"not tested"}  # CS-UCB alone is not "the highest"
     low = check_claims(methods, rewards, costs, random_trend=(3.0, 1.0))[3]
     assert low.verdict == "does not hold" and low.evidence.endswith("change over training: 3 ± 1")
 

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,18 +24,26 @@ from typer.core import TyperGroup
 from llmoffload import optimal
 from llmoffload.errors import OffloadError
 from llmoffload.execution import Schedule, evaluate
-from llmoffload.files import write_text_atomic
+from llmoffload.files import check_output, write_text_atomic
 from llmoffload.instance import Instance, load_instance, sample_instance
 from llmoffload.network import dbm_to_watt, link_rates
-from llmoffload.runtime.commands import calibrate_cmd, run_cmd, serve_cmd
+from llmoffload.runtime.commands import (
+    calibrate_cmd,
+    deployment_validate_cmd,
+    endpoints_up_cmd,
+    run_cmd,
+    serve_cmd,
+)
 from llmoffload.scenario import Scenario, load_scenario, with_reward
 from llmoffload.schedulers import SCHEDULERS
 
 EXIT_BAD_INPUT = 2  # the same code Typer uses for usage errors
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
 
 
 class ReportingGroup(TyperGroup):
-    """Turns OffloadError and OSError from any subcommand into one line on stderr, exit 2.
+    """Turns OffloadError, OSError and a bad option value (out of its range, missing) from
+    any subcommand into one line on stderr, exit 2, instead of Typer's box.
 
     Catching here, rather than in ``main``, makes in-process runs (tests,
     ``CliRunner``) behave exactly like the installed command.
@@ -43,6 +52,8 @@ class ReportingGroup(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            message = exc.format_message()
         except OffloadError as exc:
             message = str(exc)
         except OSError as exc:
@@ -69,6 +80,24 @@ app.add_typer(scenario_app, name="scenario")
 def main() -> None:
     """Entry point of the ``llmoffload`` script."""
     app()
+
+
+def print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"llmoffload {metadata.version('llmoffload')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The options before any command (the group's help is the app's)."""
 
 
 def is_number(text: str) -> bool:
@@ -191,14 +220,18 @@ def describe_links(sc: Scenario) -> str:
 
 @scenario_app.command("show")
 def scenario_show(
-    name_or_file: Annotated[str, typer.Argument(metavar="NAME_OR_FILE")],
+    name_or_file: Annotated[
+        str, typer.Argument(metavar="NAME_OR_FILE", help="A built-in scenario or a YAML file.")
+    ],
 ) -> None:
     """Print a scenario and the device-edge link rates it implies."""
     typer.echo(describe_scenario(load_scenario(name_or_file)))
 
 
 @scenario_app.command("validate")
-def scenario_validate(file: Annotated[str, typer.Argument(metavar="FILE")]) -> None:
+def scenario_validate(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="The scenario YAML file to check.")],
+) -> None:
     """Check a scenario file; print 'ok: ...' or the error."""
     sc = load_scenario(file)
     typer.echo(f"ok: {sc.name} ({len(sc.servers)} servers, {len(sc.workflows)} workflows)")
@@ -208,7 +241,7 @@ def scenario_validate(file: Annotated[str, typer.Argument(metavar="FILE")]) -> N
 def instance_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")],
     scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
-    seed: Annotated[int, typer.Option(help="Seed of numpy's default_rng.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of numpy's default_rng.")] = 0,
     tasks: Annotated[
         int | None, typer.Option(min=1, help="Tasks to draw (default: the scenario's).")
     ] = None,
@@ -245,9 +278,10 @@ def resolve_policy(policy: str, time_limit_s: float) -> Policy:
 
         return solve
     if Path(policy).is_dir():
-        from llmoffload.training import policy_schedule  # torch only when asked
+        from llmoffload.training import trained_policy  # torch only when asked
 
-        return lambda inst, rng: Outcome(policy_schedule(Path(policy), inst))
+        schedule = trained_policy(Path(policy))  # a damaged or unsafe checkpoint fails now
+        return lambda inst, rng: Outcome(schedule(inst))
     if policy not in SCHEDULERS:
         raise OffloadError(
             f"unknown policy '{policy}' (choose from {', '.join(SCHEDULERS)}, or a run directory)"
@@ -352,11 +386,13 @@ def schedule_text(policy: str, path: Path, inst: Instance, outcome: Outcome) -> 
 
 @app.command("schedule")
 def schedule_cmd(
-    instance_file: Annotated[Path, typer.Argument(metavar="FILE.json")],
+    instance_file: Annotated[
+        Path, typer.Argument(metavar="FILE.json", help="An instance file, as 'instance' writes.")
+    ],
     policy: Annotated[
         str, typer.Option(help=f"One of: {', '.join(SCHEDULERS)}, or a trained run directory.")
     ],
-    seed: Annotated[int, typer.Option(help="Seed of numpy's default_rng.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of numpy's default_rng.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     gantt: Annotated[
         Path | None, typer.Option(help="Also draw a Gantt chart (.png, .pdf or .svg).")
@@ -372,6 +408,7 @@ def schedule_cmd(
         from llmoffload.gantt import check_format, draw_gantt  # matplotlib only when asked
 
         check_format(gantt)
+        check_output(gantt)
     outcome = run(inst, np.random.default_rng(seed))
     if gantt is not None:
         sched = outcome.schedule
@@ -405,9 +442,11 @@ def train_cmd(
     ] = "ucb-coma",
     scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
     episodes: Annotated[int, typer.Option(min=1, help="Training episodes (paper: 700).")] = 700,
-    seed: Annotated[int, typer.Option(help="Seed every random draw flows from.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed every random draw flows from.")
+    ] = 0,
     failure_prob: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Per-step probability that an edge is down.")
+        float, typer.Option(help="Per-step probability that an edge is down, in [0, 1).")
     ] = 0.0,
     protocol: Annotated[
         str, typer.Option(help=f"{PROTOCOL_HELP} --set mask=... overrides it.")
@@ -421,6 +460,9 @@ def train_cmd(
         str | None,
         typer.Option(help="Reward form: paper or objective (default: the scenario's)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Clear an earlier run's files from --out first.")
+    ] = False,
 ) -> None:
     """Train a learner; writes episodes.csv, checkpoint.pt, reward_curve.png, config.json."""
     from llmoffload.training import LOCKSTEP, make_config, train  # torch only when asked
@@ -428,7 +470,10 @@ def train_cmd(
     config = make_config(algo, parse_settings(settings or []), protocol)
     sc = load_scenario(scenario)
     sc = with_reward(sc, reward) if reward else sc
-    rows = train(algo, sc, episodes, seed, out, config, failure_prob, lockstep=lockstep or LOCKSTEP)
+    lockstep = lockstep or LOCKSTEP
+    rows = train(
+        algo, sc, episodes, seed, out, config, failure_prob, lockstep=lockstep, force=force
+    )
     tail = rows[-min(50, len(rows)) :]
     mean = sum(r["reward"] for r in tail) / len(tail)
     typer.echo(
@@ -449,7 +494,7 @@ def parse_settings(settings: list[str]) -> dict[str, str]:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    run: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A directory 'train' wrote.")],
     episodes: Annotated[int, typer.Option(min=1, help="Held-out episodes.")] = 200,
     time_limit: Annotated[
         float, typer.Option(min=0.001, help="CP-SAT time limit per instance, seconds.")
@@ -504,14 +549,28 @@ def reproduce_cmd(
     ray: Annotated[
         str | None, typer.Option(help="Run the runs as tasks on this Ray cluster (host:port).")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Where runs, figures and REPORT.md go.")] = None,
-    scenario: Annotated[
-        str | None,
+    out: Annotated[
+        Path | None,
         typer.Option(
-            help="Base scenario: built-in name or file (default paper). --study paper only."
+            help="Where runs, figures and REPORT.md go (default runs/reproduce, with --quick "
+            "runs/quick; --study beyond: runs/beyond, runs/beyond-quick)."
         ),
     ] = None,
-    episodes: Annotated[int | None, typer.Option(min=1, help="Training episodes per run.")] = None,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Base scenario: built-in name or file (default paper); with --study beyond, "
+            "a scenario to study (repeatable; default dear-cloud, slow-uplink, contended)."
+        ),
+    ] = None,
+    episodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Training episodes per run (default 700, with --quick 100; --study beyond: "
+            "700, on contended 190, with --quick 50).",
+        ),
+    ] = None,
     eval_episodes: Annotated[
         int | None, typer.Option(min=1, help="Held-out instances per run.")
     ] = None,
@@ -566,7 +625,6 @@ def reproduce_cmd(
         "lockstep": lockstep,
     }
     paper_only = {
-        "--scenario": scenario,
         "--bandwidth": bandwidth,
         "--deadline": deadline,
         "--failure-prob": failure_prob,
@@ -578,8 +636,9 @@ def reproduce_cmd(
 
         if any(paper_only.values()):
             used = ", ".join(k for k, v in paper_only.items() if v)
-            raise OffloadError(f"{used}: for --study paper only (beyond sets its own scenarios)")
+            raise OffloadError(f"{used}: for --study paper only (beyond sets its own settings)")
         rliable()  # a missing extra fails now, not after hours of runs
+        given["scenarios"] = tuple(scenario) if scenario else None
         chosen = replace(
             QUICK_STUDY if quick else Study(), **{k: v for k, v in given.items() if v is not None}
         )
@@ -591,8 +650,10 @@ def reproduce_cmd(
         from llmoffload.sweep import QUICK, Grid
         from llmoffload.sweep import plan as sweep_plan
 
+        if scenario and len(scenario) > 1:
+            raise OffloadError("--study paper sweeps one base scenario: give --scenario once")
         given |= {
-            "scenario": scenario,
+            "scenario": scenario[0] if scenario else None,
             "bandwidths_mhz": tuple(bandwidth) if bandwidth else None,
             "deadlines_s": tuple(deadline) if deadline else None,
             "failure_probs": tuple(failure_prob) if failure_prob else None,
@@ -607,8 +668,7 @@ def reproduce_cmd(
         specs = sweep_plan(grid)
         write_report = partial(report.write_report, grid)
 
-    out.mkdir(parents=True, exist_ok=True)
-    outcome = execute(specs, out, workers or os.cpu_count() or 1, ray)
+    outcome = execute(specs, out, workers or os.cpu_count() or 1, ray)  # makes out
     write_report(specs, outcome, out)
     cached = len(outcome.results) - outcome.ran
     typer.echo(
@@ -623,3 +683,15 @@ def reproduce_cmd(
 app.command("run")(run_cmd)
 app.command("calibrate")(calibrate_cmd)
 app.command("serve")(serve_cmd)
+deployment_app = typer.Typer(
+    help="Check deployment files.", no_args_is_help=True, add_completion=False
+)
+deployment_app.command("validate")(deployment_validate_cmd)
+app.add_typer(deployment_app, name="deployment")
+endpoints_app = typer.Typer(
+    help="Local llama.cpp servers for a deployment (needs the local extra).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+endpoints_app.command("up")(endpoints_up_cmd)
+app.add_typer(endpoints_app, name="endpoints")

@@ -36,6 +36,7 @@ from llmoffload.env import Layout
 from llmoffload.errors import OffloadError
 from llmoffload.learner import Transition, load_parts, save_parts
 from llmoffload.nets import Actors, Critic, ValueNorm, adam, best_valid, descend, sample
+from llmoffload.ranges import Count, NonNegative, Positive, Unit
 from llmoffload.replay import ReplayBuffer
 
 
@@ -47,18 +48,18 @@ class ComaConfig:
     # choice: "sample" draws from softmax(log pi + eps * bonus); "argmax" is Algorithm 1
     # line 6 to the letter, which repeats a refused action forever (see docs/assumptions.md)
     select: str = "sample"
-    lr: float = 1e-3  # Table 2 (the critic's)
-    actor_lr: float = 3e-4  # choice: 1e-3 collapses the actors, 1e-4 learns too slowly
-    psi: float = 0.95  # discount, Table 2
-    update_every: int = 8  # choice: env steps between updates; Algorithm 1 line 8 says 32
-    target_every: int = 10  # updates between target copies, Algorithm 1 line 12
-    batch_size: int = 64  # choice: B is not given
-    buffer_size: int = 5000  # choice: |D| is not given
-    hidden: int = 128  # choice: actor/critic MLP width (the GCN's 64 is the paper's)
-    eps_start: float = 1.0  # choice: UCB weight at the start, decays linearly ...
-    eps_end: float = 0.1  # ... to this at the end of training
-    grad_clip: float = 10.0  # choice: EPyMARL's default
-    entropy: float = 0.01  # choice: entropy bonus keeps pi from collapsing early
+    lr: Positive = 1e-3  # Table 2 (the critic's)
+    actor_lr: Positive = 3e-4  # choice: 1e-3 collapses the actors, 1e-4 learns too slowly
+    psi: Unit = 0.95  # discount, Table 2
+    update_every: Count = 8  # choice: env steps between updates; Algorithm 1 line 8 says 32
+    target_every: Count = 10  # updates between target copies, Algorithm 1 line 12
+    batch_size: Count = 64  # choice: B is not given
+    buffer_size: Count = 5000  # choice: |D| is not given
+    hidden: Count = 128  # choice: actor/critic MLP width (the GCN's 64 is the paper's)
+    eps_start: Unit = 1.0  # choice: UCB weight at the start, decays linearly ...
+    eps_end: Unit = 0.1  # ... to this at the end of training
+    grad_clip: Positive = 10.0  # choice: EPyMARL's default
+    entropy: NonNegative = 0.01  # choice: entropy bonus keeps pi from collapsing early
     standardise: bool = True  # choice: critic targets in running-standardised units (EPyMARL)
     # True: act on the env's valid actions (--protocol masked); False: on every action
     # not yet refused in the current state (the paper protocol)

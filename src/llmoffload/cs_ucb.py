@@ -51,14 +51,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from llmoffload.env import Layout
-from llmoffload.learner import Transition
+from llmoffload.learner import Transition, load_parts, save_parts
+from llmoffload.ranges import NonNegative
 
 
 @dataclass
 class CsUcbConfig:
     """PerLLM's exploration weight delta; its value there is not known to us, so a choice."""
 
-    delta: float = math.sqrt(2.0)  # choice: UCB1's sqrt(2 ln t / L) (Auer et al. 2002)
+    delta: NonNegative = 2.0**0.5  # choice: UCB1's sqrt(2 ln t / L) (Auer et al. 2002)
+
+
+PARTS = ("means", "pulls")  # what a checkpoint holds besides the config
 
 
 class CsUcb:
@@ -113,8 +117,7 @@ class CsUcb:
             self.means[arm] += (t.rewards[i] - self.means[arm]) / self.pulls[arm]
 
     def state_dict(self) -> dict:
-        return {"config": asdict(self.config), "means": self.means, "pulls": self.pulls}
+        return {"config": asdict(self.config), **save_parts(self, PARTS)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.means = np.array(state["means"], dtype=float)
-        self.pulls = np.array(state["pulls"], dtype=np.int64)
+        load_parts(self, state, PARTS)

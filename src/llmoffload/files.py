@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llmoffload.errors import OffloadError
+
 
 @contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:
@@ -26,6 +28,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     temporary file is re-raised naming ``path``, the file the user asked for.
     """
     path = Path(path)
+    check_output(path)
     tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
@@ -36,6 +39,18 @@ def replacing(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output(path: str | Path, directory: bool = False) -> None:
+    """Refuse an output path that is a symbolic link, or that exists as anything but a
+    regular file (a directory, if ``directory``): replacing it would silently put a
+    regular file where the link's target or a FIFO's reader expects the data."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OffloadError(f"{path}: is a symbolic link; refusing to write over it")
+    kind, fits = ("a directory", path.is_dir()) if directory else ("a regular file", path.is_file())
+    if path.exists() and not fits:
+        raise OffloadError(f"{path}: exists and is not {kind}; refusing to write over it")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

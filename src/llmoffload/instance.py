@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from llmoffload.errors import OffloadError
-from llmoffload.scenario import Model, NonNegative, Positive, Scenario, one_line
+from llmoffload.scenario import MAX_TASKS, Model, NonNegative, Positive, Scenario, one_line
 
 FORMAT = "llmoffload-instance/1"
 
@@ -26,7 +26,7 @@ class Subtask(Model):
     input_bits: Positive
     output_bits: Positive
     cycles: Positive
-    preds: list[Annotated[int, Field(ge=0)]] = []
+    preds: list[Annotated[int, Field(strict=True, ge=0)]] = []
 
 
 class Task(Model):
@@ -56,11 +56,18 @@ class Task(Model):
 
 
 class Instance(Model):
-    """A scenario and the tasks of one episode."""
+    """A scenario and the tasks of one episode.
+
+    A task whose ``workflow`` is one of the scenario's has that workflow's shape: the
+    nodes in ``Workflow.order()``, each with its name, modality and predecessors, as
+    ``sample_task`` draws them. A task naming a workflow the scenario lacks is made by
+    hand (tests, calibration probes) and held to its own shape only; an instance file
+    may not hold one (``load_instance``).
+    """
 
     format: str = FORMAT
     scenario: Scenario
-    tasks: list[Task] = Field(min_length=1)
+    tasks: list[Task] = Field(min_length=1, max_length=MAX_TASKS)
 
     @model_validator(mode="after")
     def _fits_scenario(self) -> Instance:
@@ -74,10 +81,30 @@ class Instance(Model):
             for sub in task.subtasks:
                 if sub.modality not in known:
                     raise ValueError(f"task {i} subtask '{sub.name}': unknown modality")
+            if task.workflow in self.scenario.workflows:
+                shape = self.scenario.workflows[task.workflow].nodes_in_order()
+                if differs := difference(task, shape):
+                    raise ValueError(f"task {i} (workflow '{task.workflow}'): {differs}")
         return self
 
     def dumps(self) -> str:
         return self.model_dump_json(indent=1) + "\n"
+
+
+def difference(task: Task, shape: tuple[tuple[str, str, tuple[int, ...]], ...]) -> str:
+    """How a task's subtasks differ from its workflow's nodes (``nodes_in_order``); ''
+    if they do not."""
+    if len(task.subtasks) != len(shape):
+        return f"{len(task.subtasks)} subtasks, but the workflow has {len(shape)} nodes"
+    where = "where the workflow has"
+    for j, (sub, (name, modality, preds)) in enumerate(zip(task.subtasks, shape, strict=True)):
+        if sub.name != name:
+            return f"subtask {j} is '{sub.name}' {where} '{name}'"
+        if sub.modality != modality:
+            return f"subtask {j} '{name}' has modality '{sub.modality}' {where} '{modality}'"
+        if sorted(sub.preds) != list(preds):
+            return f"subtask {j} '{name}' has predecessors {sub.preds} {where} {list(preds)}"
+    return ""
 
 
 def sample_task(scenario: Scenario, workflow: str, rng: np.random.Generator) -> Task:
@@ -120,6 +147,8 @@ def sample_instance(
     if the workload has an arrival rate, the gaps between arrivals (exponential)."""
     load = scenario.workload
     count = load.tasks if tasks is None else tasks
+    if not 1 <= count <= MAX_TASKS:
+        raise OffloadError(f"tasks per instance must be from 1 to {MAX_TASKS}, not {count}")
     names = load.workflows
     drawn = [sample_task(scenario, names[int(rng.integers(len(names)))], rng) for _ in range(count)]
     if load.arrivals_per_s is not None:
@@ -143,6 +172,13 @@ def load_instance(path: str | Path) -> Instance:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise OffloadError(f"{path}: not an instance file (expected format '{FORMAT}')")
     try:
-        return Instance.model_validate(data)
+        inst = Instance.model_validate(data)
     except ValidationError as exc:
         raise OffloadError(f"{path}: {one_line(exc)}") from None
+    for i, task in enumerate(inst.tasks):
+        if task.workflow not in inst.scenario.workflows:
+            raise OffloadError(
+                f"{path}: task {i} names workflow '{task.workflow}', which its scenario lacks "
+                f"(it has {', '.join(inst.scenario.workflows)})"
+            )
+    return inst

@@ -10,7 +10,8 @@ A learner (UCB-COMA, COMA, and the paper's other baselines) is built from
   ``explore=False`` acts greedily over valid actions and learns nothing.
 - ``observe(transition)``: one environment step of one episode, to learn from;
   the steps of lockstep episodes arrive in episode order within each step.
-- ``state_dict()`` / ``load_state_dict(state)``: checkpoints.
+- ``state_dict()`` / ``load_state_dict(state)``: checkpoints, holding only tensors
+  and plain data so that ``torch.load(weights_only=True)`` reads them (``save_parts``).
 - ``progress``: the fraction of training done, set by the trainer.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -54,19 +56,31 @@ class Learner(Protocol):
 
 
 def save_parts(owner: Any, parts: tuple[str, ...]) -> dict[str, Any]:
-    """A learner's checkpoint: each named module or optimiser's state, or the plain
-    value of a counter."""
-    out = {}
+    """A learner's checkpoint: each named module or optimiser's state, a NumPy array as a
+    tensor (``weights_only`` loading refuses arrays), or the plain value of a counter."""
+    out: dict[str, Any] = {}
     for name in parts:
         part = getattr(owner, name)
-        out[name] = part.state_dict() if hasattr(part, "state_dict") else part
+        if hasattr(part, "state_dict"):
+            out[name] = part.state_dict()
+        else:
+            out[name] = torch.tensor(part) if isinstance(part, np.ndarray) else part
     return out
 
 
 def load_parts(owner: Any, state: dict[str, Any], parts: tuple[str, ...]) -> None:
+    """Restore ``save_parts``'s checkpoint; a part of another kind or shape than the
+    learner's own is a ValueError, caught here rather than mid-episode."""
     for name in parts:
-        part = getattr(owner, name)
+        part, value = getattr(owner, name), state[name]
         if hasattr(part, "load_state_dict"):
-            part.load_state_dict(state[name])
-        else:
-            setattr(owner, name, state[name])
+            part.load_state_dict(value)
+            continue
+        if isinstance(part, np.ndarray) and isinstance(value, torch.Tensor):
+            value = value.numpy().astype(part.dtype)
+        if type(value) is not type(part) or np.shape(value) != np.shape(part):
+            raise ValueError(
+                f"'{name}': {type(value).__name__} of shape {np.shape(value)} where "
+                f"{type(part).__name__} of shape {np.shape(part)} belongs"
+            )
+        setattr(owner, name, value)

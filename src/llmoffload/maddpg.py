@@ -35,6 +35,7 @@ from torch import nn
 from llmoffload.env import Layout
 from llmoffload.learner import Transition, load_parts, save_parts
 from llmoffload.nets import Actors, adam, best_valid, descend
+from llmoffload.ranges import Count, NonNegative, Positive, Unit
 from llmoffload.replay import ReplayBuffer
 
 
@@ -91,20 +92,20 @@ def one_hot(actions: torch.Tensor, size: int) -> torch.Tensor:
 class MaddpgConfig:
     """Hyperparameters: EPyMARL's ``maddpg.yaml`` where they carry over, else marked."""
 
-    lr: float = 5e-4  # EPyMARL maddpg.yaml, actors and critic alike
-    gamma: float = 0.95  # openai/maddpg train.py and the paper's psi (Table 2); EPyMARL: 0.99
+    lr: Positive = 5e-4  # EPyMARL maddpg.yaml, actors and critic alike
+    gamma: Unit = 0.95  # openai/maddpg train.py and the paper's psi (Table 2); EPyMARL: 0.99
     # choice: EPyMARL replays 16 episodes per new episode; 128 / 8 replays 16 per new step
-    batch_size: int = 128
-    update_every: int = 8  # env steps between updates
-    buffer_size: int = 15000  # choice: a whole 700-episode run (<= 20 steps each), as EPyMARL
-    target_update: float = 0.01  # EPyMARL's target_update_interval_or_tau: <= 1 is tau, else N
+    batch_size: Count = 128
+    update_every: Count = 8  # env steps between updates
+    buffer_size: Count = 15000  # choice: a whole 700-episode run (<= 20 steps each), as EPyMARL
+    target_update: Positive = 0.01  # EPyMARL's target_update_interval_or_tau: <= 1 is tau, else N
     # choice: EPyMARL's reg is 1e-3 on raw logits; on these log-probabilities 1e-3 lets pi
     # collapse onto invalid actions (paper scenario, 300 episodes, seeds 0 and 1: mean reward
     # of the last 30 episodes -93 and -83 at 1e-3, -31 and -52 at 1e-2)
-    reg: float = 1e-2
-    temperature: float = 1.0  # EPyMARL's gumbel_softmax default
-    hidden: int = 128  # EPyMARL maddpg.yaml hidden_dim
-    grad_clip: float = 10.0  # EPyMARL default.yaml grad_norm_clip
+    reg: NonNegative = 1e-2
+    temperature: Positive = 1.0  # EPyMARL's gumbel_softmax default
+    hidden: Count = 128  # EPyMARL maddpg.yaml hidden_dim
+    grad_clip: Positive = 10.0  # EPyMARL default.yaml grad_norm_clip
     # True: act on the env's valid actions (--protocol masked); False: on every action
     # not yet refused in the current state (the paper protocol)
     mask: bool = False

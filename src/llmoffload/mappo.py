@@ -37,29 +37,30 @@ from torch import nn
 from llmoffload.env import Layout
 from llmoffload.learner import Transition, load_parts, save_parts
 from llmoffload.nets import Actors, ValueNorm, adam, best_valid, descend, mlp, sample
+from llmoffload.ranges import Count, NonNegative, Positive, Unit
 
 
 @dataclass
 class MappoConfig:
     """Hyperparameters: on-policy's defaults (``onpolicy/config.py``) unless marked."""
 
-    lr: float = 5e-4  # on-policy --lr (actor)
-    critic_lr: float = 5e-4  # on-policy --critic_lr
-    adam_eps: float = 1e-5  # on-policy --opti_eps
-    gamma: float = 0.99  # on-policy --gamma
-    gae_lambda: float = 0.95  # on-policy --gae_lambda
-    clip: float = 0.2  # on-policy --clip_param (ratio and value clipping)
-    ppo_epoch: int = 15  # on-policy --ppo_epoch (a 700-episode paper run: ~80 s, 1 thread)
-    num_mini_batch: int = 1  # on-policy --num_mini_batch
+    lr: Positive = 5e-4  # on-policy --lr (actor)
+    critic_lr: Positive = 5e-4  # on-policy --critic_lr
+    adam_eps: Positive = 1e-5  # on-policy --opti_eps
+    gamma: Unit = 0.99  # on-policy --gamma
+    gae_lambda: Unit = 0.95  # on-policy --gae_lambda
+    clip: Unit = 0.2  # on-policy --clip_param (ratio and value clipping)
+    ppo_epoch: Count = 15  # on-policy --ppo_epoch (a 700-episode paper run: ~80 s, 1 thread)
+    num_mini_batch: Count = 1  # on-policy --num_mini_batch
     # choice: env steps per rollout, closed at the next episode's end. on-policy collects
     # episode_length 200 x 8-128 threads, a handful of updates in a 700-episode run here;
     # of 50, 100 and 200, 100 learned best on the paper scenario (measured, 700 episodes).
-    rollout_steps: int = 100
-    entropy: float = 0.01  # on-policy --entropy_coef
-    value_coef: float = 1.0  # on-policy --value_loss_coef
-    huber_delta: float = 10.0  # on-policy --huber_delta
-    grad_clip: float = 10.0  # on-policy --max_grad_norm
-    hidden: int = 64  # on-policy --hidden_size (actor body and critic)
+    rollout_steps: Count = 100
+    entropy: NonNegative = 0.01  # on-policy --entropy_coef
+    value_coef: NonNegative = 1.0  # on-policy --value_loss_coef
+    huber_delta: Positive = 10.0  # on-policy --huber_delta
+    grad_clip: Positive = 10.0  # on-policy --max_grad_norm
+    hidden: Count = 64  # on-policy --hidden_size (actor body and critic)
     # on-policy's MPE gives every agent the sum of the rewards in a cooperative world;
     # the paper's global reward is that sum too (§4.1). False: each agent's own reward.
     shared_reward: bool = True

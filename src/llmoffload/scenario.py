@@ -20,9 +20,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from llmoffload.errors import OffloadError
 from llmoffload.network import dbm_to_watt, path_loss_gain, shannon_bps
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Strict: an int reads as a float, but a YAML ``true`` or ``"2"`` is no number (lax
+# pydantic would take them as 1.0 and 2.0).
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Positive = Annotated[Finite, Field(gt=0)]
+NonNegative = Annotated[Finite, Field(ge=0)]
+Count = Annotated[int, Field(strict=True, gt=0)]
+MAX_TASKS = 10_000  # per instance: far past any episode trained on, short of a typo's 10^9
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (plain YAML
+    keeps the last one silently, so a pasted-in override would hide the first value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        mapping = super().construct_mapping(node, deep)  # merges '<<' and checks hashability
+        seen: set[object] = set()
+        for key_node in keys:
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark
+                )
+            seen.add(key)
+        return mapping
 
 
 class Model(BaseModel):
@@ -64,7 +86,7 @@ class Server(Model):
     ghz: Positive
     usd_per_ghz: NonNegative
     modalities: list[str] = Field(min_length=1)
-    slots: Annotated[int, Field(gt=0)] | None = None
+    slots: Count | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -200,11 +222,12 @@ def shape_of(
 class Workload(Model):
     """What one episode holds: how many tasks, drawn from which workflows, arriving when.
 
-    ``arrivals_per_s``: tasks arrive as a Poisson process of this rate, the first at
-    t = 0 (the episode starts with a request); ``null``: all at t = 0, as the paper.
+    ``tasks``: at most ``MAX_TASKS``. ``arrivals_per_s``: tasks arrive as a Poisson
+    process of this rate, the first at t = 0 (the episode starts with a request);
+    ``null``: all at t = 0, as the paper.
     """
 
-    tasks: int = Field(default=5, gt=0)
+    tasks: Annotated[Count, Field(le=MAX_TASKS)] = 5
     arrivals_per_s: Positive | None = None
     workflows: list[str] = Field(min_length=1)
     cycles_per_bit: Positive = 1900.0
@@ -230,7 +253,7 @@ class Scenario(Model):
     """Everything needed to sample instances and evaluate schedules."""
 
     name: str = "custom"
-    gamma: Annotated[float, Field(ge=0, le=1)] = 0.5
+    gamma: Annotated[Finite, Field(ge=0, le=1)] = 0.5
     t_max_s: Positive = 3.0
     latency: Literal["span", "arrival"] = "span"
     servers: list[Server] = Field(min_length=1)
@@ -323,10 +346,12 @@ def load_scenario(spec: str | Path, _seen: tuple[str, ...] = ()) -> Scenario:
         except UnicodeDecodeError:
             raise OffloadError(f"{source}: not a text file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "unreadable"
-        raise OffloadError(f"{source}: not valid YAML: {problem}") from None
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise OffloadError(f"{source}: not valid YAML: {problem}{line}") from None
     if isinstance(data, dict) and "base" in data:
         data = dict(data)
         base = str(data.pop("base"))

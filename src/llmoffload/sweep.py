@@ -20,7 +20,9 @@ import hashlib
 import json
 import multiprocessing
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -41,6 +43,7 @@ from llmoffload.scenario import Scenario, load_scenario, parse_scenario
 from llmoffload.training import (
     LOCKSTEP,
     PROTOCOLS,
+    check_failure_prob,
     check_protocol,
     evaluate_run,
     evaluate_scheduler,
@@ -79,8 +82,8 @@ class Grid:
             raise OffloadError(f"the failure method '{self.failure_method}' is not swept")
         for protocol in self.protocols:
             check_protocol(protocol)
-        if not all(0.0 <= p < 1.0 for p in self.failure_probs):
-            raise OffloadError("failure probabilities must lie in [0, 1)")
+        for p in self.failure_probs:
+            check_failure_prob(p)
         base = load_scenario(self.scenario)
         for w, t in self.settings():
             variant(base, w, t)  # raises on a bad W or T_max
@@ -292,7 +295,12 @@ def execute(
     ray_address: str | None = None,
     progress: bool = True,
 ) -> Outcome:
-    """Run what is not cached yet; one run's failure is recorded and the others go on."""
+    """Run what is not cached yet; one run's failure is recorded and the others go on.
+
+    ``root`` is made once the pool is up, so a pool that cannot start (a Ray cluster out
+    of reach) leaves no empty directory. Ctrl-C or SIGTERM ends the workers and is one
+    OffloadError; the runs finished by then are kept, and the next call resumes there.
+    """
     root = root.resolve()
     out = Outcome()
     todo = []
@@ -302,45 +310,81 @@ def execute(
             out.results[spec.key] = json.loads(path.read_text())
         else:
             todo.append(spec)
-    with ray_pool(ray_address) if ray_address else process_pool(workers) as (submit, slots):
-        bar = tqdm(
-            total=len(specs),
-            initial=len(specs) - len(todo),
-            desc="sweep",
-            unit="run",
-            disable=not progress,
-        )
-        pending = {submit(spec, str(root)): spec for spec in todo}
-        bar.set_postfix(running=min(slots, len(pending)), failed=0)
-        for future in as_completed(pending):
-            spec = pending.pop(future)
-            try:
-                result = future.result()
-            except Exception as exc:  # a run's own error: report it, keep the others
-                out.failures[spec.key] = f"{spec.name}: {type(exc).__name__}: {exc}"
-                bar.write(f"failed: {out.failures[spec.key]}")
-            else:
-                path = result_path(root, spec)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(path, json.dumps(result) + "\n")
-                out.results[spec.key] = result
-                out.ran += 1
-            bar.update()
-            bar.set_postfix(running=min(slots, len(pending)), failed=len(out.failures))
-        bar.close()
+    pool = ray_pool(ray_address) if ray_address else process_pool(workers)
+    done = len(specs) - len(todo)
+    try:
+        with (
+            sigterm_as_interrupt(),
+            pool as (submit, slots),  # before the bar and root: it may fail to start
+            tqdm(
+                total=len(specs), initial=done, desc="sweep", unit="run", disable=not progress
+            ) as bar,
+        ):
+            root.mkdir(parents=True, exist_ok=True)
+            pending = {submit(spec, str(root)): spec for spec in todo}
+            bar.set_postfix(running=min(slots, len(pending)), failed=0)
+            for future in as_completed(pending):
+                spec = pending.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # a run's own error: report it, keep the others
+                    out.failures[spec.key] = f"{spec.name}: {type(exc).__name__}: {exc}"
+                    bar.write(f"failed: {out.failures[spec.key]}")
+                else:
+                    path = result_path(root, spec)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_text_atomic(path, json.dumps(result) + "\n")
+                    out.results[spec.key] = result
+                    out.ran += 1
+                bar.update()
+                bar.set_postfix(running=min(slots, len(pending)), failed=len(out.failures))
+    except KeyboardInterrupt:
+        raise OffloadError(
+            f"interrupted: {len(out.results)} of {len(specs)} runs are done and kept in {root}; "
+            "the same command resumes from them"
+        ) from None
     return out
 
 
 @contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that the
+    pool's cleanup ends its workers; by default SIGTERM kills the driver alone and its
+    workers go on as orphans. Python runs signal handlers in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def process_pool(workers: int) -> Iterator[tuple[Submit, int]]:
-    """A local pool of fresh (spawned) processes: no service to start."""
+    """A local pool of fresh (spawned) processes: no service to start.
+
+    Whatever ends the block early, Ctrl-C and SIGTERM included, ends the workers at
+    once, so that no run goes on writing after the driver is gone.
+    """
     ctx = multiprocessing.get_context("spawn")  # no forked torch or tqdm state
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=worker_setup) as pool:
         try:
             yield (lambda spec, root: pool.submit(run_one, spec, root)), workers
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for process in pool._processes.values():  # Python 3.14: pool.terminate_workers()
+                process.terminate()
+            pool.shutdown(cancel_futures=True)  # waits for the workers to end
             raise
+
+
+def worker_setup() -> None:
+    """A worker ignores Ctrl-C, which the terminal sends it too: the driver ends it. Its
+    tqdm lock is a thread lock, not tqdm's default semaphore, which a worker so ended
+    would leave registered (a 'leaked semaphore' warning when the driver exits)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 @contextmanager
@@ -354,7 +398,7 @@ def ray_pool(address: str) -> Iterator[tuple[Submit, int]]:
     except ImportError:
         raise OffloadError("--ray needs Ray: pip install 'llmoffload[ray]'") from None
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not (host and port.isdigit()):
+    if not (host and port.isdigit() and int(port) < 2**16):
         raise OffloadError(f"--ray {address}: expected host:port of the Ray head")
     try:  # ray.init retries an absent cluster for minutes; a socket answers at once
         socket.create_connection((host, int(port)), timeout=10).close()

@@ -2,16 +2,20 @@
 
 A run directory holds ``config.json``, ``episodes.csv`` (one row per episode),
 ``checkpoint.pt``, ``reward_curve.png`` and, if TensorBoard is installed,
-``tensorboard/``. Every random draw flows from the run's seed: training
-episode e uses instance seed ``(seed, 0, e)`` and evaluation episode e uses
-``(seed, 1, e)``, so evaluation never sees a training instance.
+``tensorboard/``. The checkpoint holds only tensors and plain data (dicts, lists,
+numbers, strings) and is read with ``torch.load(weights_only=True)``: a run directory
+from elsewhere cannot run code when loaded. Every random draw flows from the run's
+seed: training episode e uses instance seed ``(seed, 0, e)`` and evaluation episode e
+uses ``(seed, 1, e)``, so evaluation never sees a training instance.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import asdict, fields
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +26,12 @@ from tqdm import tqdm
 from llmoffload.env import OffloadEnv, outcome, schedule_reward
 from llmoffload.errors import OffloadError
 from llmoffload.execution import Schedule, evaluate
-from llmoffload.files import replacing, write_csv, write_text_atomic
+from llmoffload.files import check_output, replacing, write_csv, write_text_atomic
 from llmoffload.instance import Instance, sample_instance
 from llmoffload.learner import Learner, Transition
 from llmoffload.methods import LEARNERS
 from llmoffload.optimal import solve
+from llmoffload.ranges import Range, check_config, settings_of
 from llmoffload.scenario import Scenario, parse_scenario
 from llmoffload.schedulers import SCHEDULERS
 
@@ -38,6 +43,18 @@ EVAL_LOCKSTEP = 50  # held-out episodes played at once (greedy: each plays as if
 # How the learners treat invalid actions: "paper" learns from the env's penalties (the
 # paper's agents); "masked" acts on valid actions only, as CS-UCB always does.
 PROTOCOLS = ("paper", "masked")
+# At 1 every edge is down at every step: the cloud alone is left, nothing to learn.
+FAILURE_PROBS = Range(0.0, 1.0, high_open=True)
+CHECKPOINT_FORMAT = "llmoffload-checkpoint/1"  # 1: tensors and plain data only
+# what a run directory holds (``train``), cleared by --force; anything else is not a run's
+RUN_FILES = (
+    "config.json",
+    "episodes.csv",
+    "checkpoint.pt",
+    "reward_curve.png",
+    "tensorboard",
+    "evaluation.csv",
+)
 
 
 def episode_seed(seed: int, stream: int, episode: int) -> int:
@@ -47,30 +64,37 @@ def episode_seed(seed: int, stream: int, episode: int) -> int:
 
 def make_config(algo: str, overrides: dict[str, str], protocol: str = "paper") -> Any:
     """The algorithm's config: its defaults, the protocol's masking, then ``--set
-    key=value`` overrides."""
+    key=value`` overrides, each setting checked against its range."""
     if algo not in LEARNERS:
         raise OffloadError(f"unknown algorithm '{algo}' (choose from {', '.join(LEARNERS)})")
     check_protocol(protocol)
     cls = LEARNERS[algo].config
-    types = {f.name: f.type for f in fields(cls)}
+    kinds = {name: kind for name, (kind, _) in settings_of(cls).items()}
     values: dict[str, Any] = dict(LEARNERS[algo].defaults)
-    if "mask" in types:
+    if "mask" in kinds:
         values["mask"] = protocol == "masked"
     for key, text in overrides.items():
-        if key not in types:
-            known = ", ".join(types) or "it has none"
+        if key not in kinds:
+            known = ", ".join(kinds) or "it has none"
             raise OffloadError(f"--set {key}: {algo} has no such setting ({known})")
-        kind = {"bool": parse_bool, "int": int, "float": float, "str": str}[str(types[key])]
+        parse = {bool: parse_bool, int: int, float: float, str: str}[kinds[key]]
         try:
-            values[key] = kind(text)
+            values[key] = parse(text)
         except ValueError:
-            raise OffloadError(f"--set {key}={text}: not a {types[key]}") from None
-    return cls(**values)
+            raise OffloadError(f"--set {key}={text}: not a {kinds[key].__name__}") from None
+    config = cls(**values)
+    check_config(config)
+    return config
 
 
 def check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise OffloadError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+
+
+def check_failure_prob(p: float) -> None:
+    """One rule for ``train`` and ``reproduce``: an edge failure probability in [0, 1)."""
+    FAILURE_PROBS.check("failure_prob", p)
 
 
 def parse_bool(text: str) -> bool:
@@ -184,12 +208,15 @@ def train(
     progress: bool = True,
     lockstep: int = LOCKSTEP,
     plot: bool = True,
+    force: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``episodes`` episodes, ``lockstep`` at a time (``run_episodes``), and write
-    the run directory (``reward_curve.png`` if ``plot``); returns the CSV rows."""
+    the run directory (``reward_curve.png`` if ``plot``; an earlier run's there is
+    cleared only if ``force``); returns the CSV rows."""
+    check_failure_prob(failure_prob)
     envs = [OffloadEnv(scenario, failure_prob=failure_prob) for _ in range(lockstep)]
     learner = new_learner(algo, config, envs[0], seed)
-    out.mkdir(parents=True, exist_ok=True)
+    run_directory(out, force)
     meta = {
         "algo": algo,
         "seed": seed,
@@ -219,12 +246,35 @@ def train(
         board.close()
     write_csv(out / "episodes.csv", rows)
     with replacing(out / "checkpoint.pt") as tmp:
-        torch.save({**meta, "learner": learner.state_dict()}, tmp)
+        torch.save({"format": CHECKPOINT_FORMAT, **meta, "learner": learner.state_dict()}, tmp)
     if plot:
         from llmoffload.plots import reward_curve  # matplotlib only when writing figures
 
         reward_curve({algo: [r["reward"] for r in rows]}, out / "reward_curve.png")
     return rows
+
+
+def run_directory(out: Path, force: bool) -> None:
+    """Make ``out`` an empty directory for a new run. A non-empty one is refused unless
+    ``force``: its files (an old evaluation.csv, TensorBoard events) would mix with the
+    new run's. ``force`` deletes only a run's own files, so a mistyped --out never
+    empties a directory of other things."""
+    check_output(out, directory=True)
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if found and not force:
+        raise OffloadError(f"{out}: not empty (an earlier run?); --force clears it first")
+    foreign = [name for name in found if name not in RUN_FILES]
+    if foreign:
+        raise OffloadError(
+            f"{out}: holds files no run writes ({', '.join(foreign)}); choose another --out"
+        )
+    for name in found:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def tensorboard(out: Path) -> Any:
@@ -237,34 +287,81 @@ def tensorboard(out: Path) -> Any:
 
 
 def load_run(run: Path) -> tuple[dict[str, Any], Any, OffloadEnv]:
-    """The run's metadata, its learner restored from the checkpoint, and its env."""
+    """The run's metadata, its learner restored from the checkpoint, and its env.
+
+    A damaged or foreign checkpoint is one OffloadError naming it; one holding
+    anything but tensors and plain data is refused unread (unpickling it could run code).
+    """
     path = run / "checkpoint.pt"
     if not path.is_file():
         raise OffloadError(f"no trained run at {run} (missing checkpoint.pt)")
-    ckpt = torch.load(path, weights_only=False)
-    scenario = parse_scenario(ckpt["scenario"], str(path))
-    env = OffloadEnv(scenario, failure_prob=ckpt["failure_prob"])
-    algo = ckpt["algo"]
-    config = LEARNERS[algo].config(**ckpt["config"])
-    learner = new_learner(algo, config, env, ckpt["seed"])
-    learner.load_state_dict(ckpt["learner"])
+    try:
+        with warnings.catch_warnings():  # torch warns on some foreign pickles: no stderr
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, weights_only=True)
+    except Exception:  # torch raises many kinds for bad bytes; each means the same here
+        raise OffloadError(
+            f"{path}: not a readable checkpoint (empty, truncated, foreign, or holding "
+            "objects other than tensors and plain data, which are never unpickled)"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise OffloadError(
+            f"{path}: not a checkpoint of 'llmoffload train' in format {CHECKPOINT_FORMAT} "
+            "(an older version's run must be trained again)"
+        )
+    try:
+        env = OffloadEnv(parse_scenario(ckpt["scenario"], "scenario"), ckpt["failure_prob"])
+        algo = ckpt["algo"]
+        config = LEARNERS[algo].config(**ckpt["config"])
+        check_config(config)
+        learner = new_learner(algo, config, env, ckpt["seed"])
+        learner.load_state_dict(ckpt["learner"])
+    except (OffloadError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().partition("\n")[0]
+        raise OffloadError(f"{path}: damaged ({type(exc).__name__}: {reason})") from None
     return ckpt, learner, env
 
 
-def policy_schedule(run: Path, instance: Instance) -> Schedule:
-    """The trained policy's schedule of one instance (greedy over valid actions)."""
+def check_fits(env: OffloadEnv, instance: Instance) -> None:
+    """Refuse an instance the run's networks cannot read: they are sized for the number
+    of tasks, the servers, the modalities and the longest workflow it was trained on."""
+    trained = sizes(len(env.possible_agents), env.scenario)
+    given = sizes(len(instance.tasks), instance.scenario)
+    differs = [f"{given[k]} {k}" for k in trained if given[k] != trained[k]]
+    longest = max(len(task.subtasks) for task in instance.tasks)
+    if longest > env.layout.subtasks:
+        differs.append(f"a task of {longest} subtasks")
+    if differs:
+        shape = ", ".join(f"{v} {k}" for k, v in trained.items())
+        raise OffloadError(
+            f"the run was trained for {shape} and up to {env.layout.subtasks} subtasks per "
+            f"task; this instance has {' and '.join(differs)}"
+        )
+
+
+def sizes(tasks: int, scenario: Scenario) -> dict[str, object]:
+    return {
+        "tasks": tasks,
+        "servers": len(scenario.servers),
+        "modalities": "/".join(scenario.modalities),
+    }
+
+
+def trained_policy(run: Path) -> Callable[[Instance], Schedule]:
+    """A trained run as a scheduler: greedy over valid actions, its checkpoint loaded (and
+    so checked) once, now, rather than for every instance."""
     _, learner, env = load_run(run)
-    if len(instance.tasks) != len(env.possible_agents):
-        raise OffloadError(
-            f"the run was trained for {len(env.possible_agents)} tasks, "
-            f"the instance has {len(instance.tasks)}"
-        )
-    summary = run_episode(env, learner, 0, False, instance)
-    if summary["undone"]:
-        raise OffloadError(
-            f"the policy left {summary['undone']} subtasks undone after {env.max_steps} steps"
-        )
-    return env.ex.schedule()
+
+    def schedule(instance: Instance) -> Schedule:
+        check_fits(env, instance)
+        summary = run_episode(env, learner, 0, False, instance)
+        if summary["undone"]:
+            raise OffloadError(
+                f"the policy left {summary['undone']} subtasks undone after {env.max_steps} steps"
+            )
+        return env.ex.schedule()
+
+    return schedule
 
 
 def held_out(scenario: Scenario, seed: int, episodes: int) -> Iterator[tuple[int, int, Instance]]:

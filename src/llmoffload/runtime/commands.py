@@ -1,4 +1,5 @@
-"""The runtime's commands: ``run`` one request, ``calibrate`` a deployment, ``serve`` it.
+"""The runtime's commands: ``run`` one request, ``calibrate`` a deployment, ``serve`` it,
+``deployment validate`` a file, and ``endpoints up`` to start local servers for it.
 
 Plain functions with Typer parameters; ``cli.py`` registers them. This module imports
 only what the core has, so the command line loads without the ``runtime`` extra; each
@@ -11,21 +12,27 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import signal
 import socket
+import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
+from pydantic import ValidationError
 
 from llmoffload.errors import OffloadError
 from llmoffload.files import write_text_atomic
+from llmoffload.scenario import one_line
 
 if TYPE_CHECKING:
     from llmoffload.runtime.calibrate import Sample
     from llmoffload.runtime.executor import Batch
 
 EXTRA = ("httpx", "fastapi", "uvicorn")
+LOCAL = ("llama_cpp", "gguf", "sse_starlette", "starlette_context", "pydantic_settings")
 
 DeploymentOption = Annotated[
     Path, typer.Option("--deployment", help="Deployment YAML: an endpoint per server.")
@@ -35,13 +42,22 @@ PolicyOption = Annotated[
 ]
 
 
-def require_extra() -> None:
-    """One clear error instead of an ImportError when the runtime extra is missing."""
-    missing = [m for m in EXTRA if importlib.util.find_spec(m) is None]
+def require_extra(modules: tuple[str, ...] = EXTRA, extra: str = "runtime") -> None:
+    """One clear error instead of an ImportError when an extra is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise OffloadError(
-            f"the runtime needs {', '.join(missing)}: pip install 'llmoffload[runtime]'"
+            f"this command needs {', '.join(missing)}: pip install 'llmoffload[{extra}]'"
         )
+
+
+def check_free(host: str, port: int) -> None:
+    """A taken or foreign address is bad input, not a server's log line after start-up."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OffloadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def run_cmd(
@@ -62,15 +78,16 @@ def run_cmd(
     from llmoffload.runtime.executor import Executor, Request, planner
     from llmoffload.runtime.trace import draw_real_vs_predicted, result_json, trace_table
 
+    try:
+        request = Request(workflow=workflow, text=text)  # serve's rule for a request body
+    except ValidationError as exc:
+        raise OffloadError(f"--{one_line(exc)}") from None
     bound = load_deployment(deployment)
-    plan = planner(policy)
+    plan = planner(policy, bound)
     if gantt is not None:
         from llmoffload.gantt import check_format  # matplotlib only when asked
 
         check_format(gantt)
-    if not text.strip():
-        raise OffloadError("--text must not be empty")
-    request = Request(workflow=workflow, text=text)
 
     async def go() -> Batch:
         async with httpx.AsyncClient() as client:
@@ -134,6 +151,10 @@ def serve_cmd(
     capacity: Annotated[
         int, typer.Option(min=1, help="Requests admitted at once; one more gets 503.")
     ] = 8,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds a request may run; then 504, its calls cancelled."),
+    ] = 120.0,
 ) -> None:
     """Serve the deployment over HTTP: POST /v1/requests, GET /health."""
     require_extra()
@@ -143,10 +164,41 @@ def serve_cmd(
     from llmoffload.runtime.executor import planner
     from llmoffload.runtime.service import create_app
 
-    app = create_app(load_deployment(deployment), planner(policy), capacity)
-    with socket.socket() as probe:  # a taken port is bad input, not a uvicorn log line
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise OffloadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    bound = load_deployment(deployment)
+    app = create_app(bound, planner(policy, bound), capacity, timeout_s=timeout)
+    check_free(host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def deployment_validate_cmd(file: Annotated[Path, typer.Argument(metavar="FILE")]) -> None:
+    """Check a deployment file against its scenario; print 'ok: ...' or the error."""
+    from llmoffload.runtime.deployment import load_deployment
+
+    bound = load_deployment(file)
+    typer.echo(
+        f"ok: {file}: scenario {bound.scenario.name}, {len(bound.endpoints)} endpoints, "
+        f"{len(bound.scenario.workflows)} workflows"
+    )
+
+
+def endpoints_up_cmd(deployment: DeploymentOption) -> None:
+    """Start tiny llama.cpp servers at a deployment's endpoint addresses until Ctrl-C.
+
+    Random weights: the answers are gibberish, the servers real. SIGTERM stops them too.
+    """
+    require_extra(LOCAL, "local")
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.local import addresses, started
+
+    at = addresses(load_deployment(deployment).deployment)
+    for host, port, _ in at.values():
+        check_free(host, port)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
+    try:
+        with tempfile.TemporaryDirectory() as work, started(at, Path(work)) as servers:
+            for name, server in servers.items():
+                typer.echo(f"up: {name} at {server.url} (model {at[name][2]})")
+            typer.echo("Ctrl-C or SIGTERM stops them")
+            threading.Event().wait()  # until one of them interrupts it
+    except KeyboardInterrupt:  # the servers are killed on the way out of ``started``
+        typer.echo("stopped")

@@ -68,6 +68,8 @@ class Deployment(Model):
     scenario: str = "paper"
     endpoints: dict[str, Endpoint] = Field(min_length=1)
     max_tokens: Annotated[int, Field(gt=0)] = 64
+    # a longer prompt is refused before any call: endpoints burn CPU on what they must read
+    max_prompt_tokens: Annotated[int, Field(gt=0)] = 4096
     temperature: NonNegative = 0.0
     templates: dict[Literal["analysis", "subtask", "aggregation"], str] = dict(DEFAULT_TEMPLATES)
 

@@ -7,7 +7,8 @@ at a time in dispatch order (one worker per edge, holding the edge's slot while 
 cloud subtasks run as soon as their inputs are ready, up to the endpoint's concurrency.
 A subtask whose endpoint refuses, times out or answers garbage is retried on the cloud,
 then on any other server serving its modality; a server that failed is skipped for the
-rest of the batch. Everything is asyncio on one ``httpx.AsyncClient``: no thread per call.
+rest of the batch. Everything is asyncio on one ``httpx.AsyncClient``: no thread per call;
+cancelling a batch's task cancels every call it has in flight (closing their connections).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import Field
+from pydantic import field_validator
 
 from llmoffload.errors import OffloadError
 from llmoffload.execution import Dispatch, Run, Schedule
@@ -35,7 +36,19 @@ class Request(Model):
     """One user request: which workflow of the scenario, and what the user asked."""
 
     workflow: str
-    text: str = Field(min_length=1)
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        """Whitespace is no question: ``run`` and ``serve`` refuse it by this one rule."""
+        if not text.strip():
+            raise ValueError("must not be empty or whitespace only")
+        return text
+
+
+class TooLong(OffloadError):
+    """A subtask's prompt would exceed the deployment's ``max_prompt_tokens``."""
 
 
 class EndpointError(Exception):
@@ -110,12 +123,28 @@ class Batch:
 Planner = Callable[[Instance], Schedule]
 
 
-def planner(policy: str, seed: int = 0, time_limit_s: float = 10.0) -> Planner:
-    """The policy ``--policy`` names (a scheduler or a run directory), checked now."""
+def planner(
+    policy: str, bound: Bound, tasks: int = 1, seed: int = 0, time_limit_s: float = 10.0
+) -> Planner:
+    """The policy ``--policy`` names (a scheduler or a run directory, loaded once), checked
+    now by planning a batch of ``tasks`` requests of every workflow: a policy that cannot
+    plan this deployment (a run trained for another number of tasks or another scenario)
+    fails here, in one line, rather than on every request."""
     from llmoffload.cli import resolve_policy  # cli registers this package's commands
 
     choose = resolve_policy(policy, time_limit_s)
-    return lambda inst: choose(inst, np.random.default_rng(seed)).schedule
+
+    def plan(inst: Instance) -> Schedule:
+        return choose(inst, np.random.default_rng(seed)).schedule
+
+    for workflow in bound.scenario.workflows:
+        try:
+            plan(build_instance(bound, [Request(workflow=workflow, text="check")] * tasks))
+        except OffloadError as exc:
+            raise OffloadError(
+                f"policy {policy} cannot plan workflow '{workflow}' of this deployment: {exc}"
+            ) from None
+    return plan
 
 
 def stage(has_preds: bool, is_last: bool) -> str:
@@ -130,7 +159,9 @@ def build_instance(bound: Bound, requests: list[Request]) -> Instance:
 
     A subtask's input is its prompt without predecessors' outputs (known now) plus the
     outputs it will receive, each estimated as max_tokens * BYTES_PER_TOKEN bytes; its
-    output is that same estimate. Cycles follow the scenario's cycles per bit.
+    output is that same estimate. Cycles follow the scenario's cycles per bit. A prompt
+    over ``max_prompt_tokens`` (at BYTES_PER_TOKEN bytes a token, a cheap estimate that
+    needs no tokenizer) is refused now, before any endpoint spends time on it.
     """
     sc, dep = bound.scenario, bound.deployment
     out_bits = 8.0 * BYTES_PER_TOKEN * dep.max_tokens
@@ -149,6 +180,12 @@ def build_instance(bound: Bound, requests: list[Request]) -> Instance:
             template = dep.templates[stage(bool(preds), name == order[-1])]
             prompt = render(template, req, name, flow.nodes[name], "")
             bits = 8.0 * len(prompt.encode()) + out_bits * len(preds)
+            tokens = bits / 8.0 / BYTES_PER_TOKEN
+            if tokens > dep.max_prompt_tokens:
+                raise TooLong(
+                    f"request {i}: subtask '{name}' would get a prompt of about {tokens:.0f} "
+                    f"tokens, over the deployment's max_prompt_tokens ({dep.max_prompt_tokens})"
+                )
             subtasks.append(
                 Subtask(
                     name=name,
@@ -291,10 +328,14 @@ class BatchRun:
             else:
                 for d in mine:
                     self.spawn(self.cloud_job(d))
-        finished = 0
-        while finished < len(self.spawned):  # failed calls spawn retries while others run
-            finished = len(self.spawned)
-            await asyncio.gather(*self.spawned)
+        try:
+            finished = 0
+            while finished < len(self.spawned):  # failed calls spawn retries while others run
+                finished = len(self.spawned)
+                await asyncio.gather(*self.spawned)
+        finally:  # cancelled (the request timed out, its client left): stop every call
+            for job in self.spawned:
+                job.cancel()
         # every output is now set; collect the failures so none is reported as unretrieved
         await asyncio.gather(*self.outputs.values(), return_exceptions=True)
 

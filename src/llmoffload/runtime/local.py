@@ -1,11 +1,12 @@
 """Local llama.cpp servers with tiny random-weight models: the runtime without downloads.
 
-Tests, the runtime benchmark and anyone trying the runtime offline drive these instead of
-mocks: every request crosses a real socket into a real OpenAI-compatible server
-(``python -m llama_cpp.server``) that tokenises, evaluates and samples. The model is a
-GGUF of about 150 kB written here: the ``llama`` architecture with a SentencePiece-style
-vocabulary of the 256 byte tokens (llama.cpp's byte fallback turns any text into them)
-plus unk/bos/eos. Its output is gibberish, but every code path of a real server runs.
+Tests, the runtime benchmark, ``llmoffload endpoints up`` and anyone trying the runtime
+offline drive these instead of mocks: every request crosses a real socket into a real
+OpenAI-compatible server (``python -m llama_cpp.server``) that tokenises, evaluates and
+samples. The model is a GGUF of about 150 kB written here: the ``llama`` architecture with
+a SentencePiece-style vocabulary of the 256 byte tokens (llama.cpp's byte fallback turns
+any text into them) plus unk/bos/eos. Its output is gibberish, but every code path of a
+real server runs.
 One thread and a 512-token context (one token per byte here) keep each server light.
 """
 
@@ -20,10 +21,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import yaml
+
+from llmoffload.errors import OffloadError
+from llmoffload.runtime.deployment import Deployment
 
 SPECIALS = ("<unk>", "<s>", "</s>")
 TYPE_UNKNOWN, TYPE_CONTROL, TYPE_BYTE = 2, 3, 6  # llama.cpp token types
@@ -87,22 +92,24 @@ def write_tiny_llama(
 
 
 MODEL = "tiny"
+HOST = "127.0.0.1"
 STARTUP_S = 120.0
+Address = tuple[str, int, str]  # host, port, and the model name the server answers to
 
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
 class LlamaServer:
     """One ``python -m llama_cpp.server`` process; ``stop`` kills it like a crash would."""
 
-    def __init__(self, model: Path, log: Path, verbose: bool = False) -> None:
+    def __init__(self, model: Path, log: Path, at: Address, verbose: bool = False) -> None:
         """``verbose`` makes llama.cpp log its own timing of every call to ``log``."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        host, self.port, alias = at
+        self.url = f"http://{host}:{self.port}"
         self.log = log.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -112,9 +119,9 @@ class LlamaServer:
                 "--model",
                 str(model),
                 "--model_alias",
-                MODEL,
+                alias,
                 "--host",
-                "127.0.0.1",
+                host,
                 "--port",
                 str(self.port),
                 "--n_ctx",
@@ -133,8 +140,10 @@ class LlamaServer:
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"llama server exited with {self.proc.returncode}: see {self.log.name}"
+                lines = Path(self.log.name).read_text(errors="replace").strip().splitlines()
+                raise OffloadError(
+                    f"llama server for {self.url} exited with {self.proc.returncode}: "
+                    f"{lines[-1] if lines else 'no output'}"
                 )
             try:
                 if httpx.get(f"{self.url}/v1/models", timeout=1.0).status_code == 200:
@@ -142,7 +151,7 @@ class LlamaServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"llama server on port {self.port} not ready in {STARTUP_S:g} s")
+        raise OffloadError(f"llama server for {self.url} not ready in {STARTUP_S:g} s")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -155,12 +164,32 @@ class LlamaServer:
 def llama_servers(
     names: list[str], workdir: Path, verbose: bool = False
 ) -> Iterator[dict[str, LlamaServer]]:
-    """Start one server per name (in parallel), wait until all answer, kill them after."""
+    """One server per name on a free loopback port, each answering to MODEL."""
+    with started({name: (HOST, free_port(), MODEL) for name in names}, workdir, verbose) as up:
+        yield up
+
+
+def addresses(deployment: Deployment) -> dict[str, Address]:
+    """Where a deployment's endpoints listen, named after the first endpoint at each."""
+    found: dict[tuple[str, int], tuple[str, str]] = {}
+    for name, ep in deployment.endpoints.items():
+        url = urlsplit(ep.base_url)
+        if url.scheme != "http":
+            raise OffloadError(f"endpoint '{name}': {ep.base_url} is not plain http")
+        found.setdefault((url.hostname or HOST, url.port or 80), (name, ep.model))
+    return {name: (host, port, model) for (host, port), (name, model) in found.items()}
+
+
+@contextmanager
+def started(
+    at: dict[str, Address], workdir: Path, verbose: bool = False
+) -> Iterator[dict[str, LlamaServer]]:
+    """Start a server per name (in parallel), wait until all answer, kill them after."""
     model = write_tiny_llama(workdir / "tiny.gguf")
     with ExitStack() as stack:
         servers = {}
-        for name in names:
-            server = LlamaServer(model, workdir / f"{name}.log", verbose)
+        for name, address in at.items():
+            server = LlamaServer(model, workdir / f"{name}.log", address, verbose)
             stack.callback(server.stop)
             servers[name] = server
         deadline = time.monotonic() + STARTUP_S

@@ -5,51 +5,136 @@ aggregation node's completion and the per-subtask trace. Each request is planned
 as its own batch; all batches share one executor, so edges stay one-at-a-time across
 them. At most ``capacity`` requests are admitted at once (running or waiting for an
 edge); one more is answered 503 at once rather than queued without bound.
+
+Nothing a client sends may keep the endpoints busy after it stopped waiting: a body over
+``max_body`` bytes is refused (413) before it is read, a prompt over the deployment's
+``max_prompt_tokens`` before it is sent (413), and a request whose client hangs up or
+that runs past ``timeout_s`` has its endpoint calls cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException
+from fastapi import Request as HTTPRequest
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmoffload.errors import OffloadError
-from llmoffload.runtime.deployment import Bound
-from llmoffload.runtime.executor import Executor, Planner, Request
+from llmoffload.runtime.deployment import Bound, Endpoint
+from llmoffload.runtime.executor import Executor, Planner, Request, TooLong
 from llmoffload.runtime.trace import result_json
 
+MAX_BODY_BYTES = 1 << 20  # a request is a workflow name and a question: 1 MiB is plenty
+TIMEOUT_S = 120.0  # a request's whole run, retries included
+PROBE_S = 2.0  # /health waits this long for each endpoint
 
-def create_app(bound: Bound, plan: Planner, capacity: int = 8) -> FastAPI:
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes gets 413 and the connection is closed,
+    so the rest is never read. A declared Content-Length is refused before reading
+    anything; a chunked body as soon as its chunks pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = int(Headers(scope=scope).get("content-length") or 0)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            if declared <= self.limit:
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen <= self.limit:
+                    return message
+            # raised while FastAPI reads the body, which passes an HTTPException on
+            raise HTTPException(
+                413, f"request body over {self.limit} bytes", {"Connection": "close"}
+            )
+
+        await self.app(scope, limited, send)
+
+
+async def probe(client: httpx.AsyncClient, ep: Endpoint) -> str | None:
+    """Why the endpoint is unreachable (no 200 to GET /v1/models in PROBE_S), or None."""
+    try:
+        resp = await client.get(f"{ep.base_url}/v1/models", timeout=PROBE_S)
+    except httpx.TimeoutException:
+        return f"no answer in {PROBE_S:g} s"
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+
+async def hung_up(raw: HTTPRequest) -> None:
+    """Returns once the client is gone: with the body read, the next message says so."""
+    while (await raw.receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(
+    bound: Bound,
+    plan: Planner,
+    capacity: int = 8,
+    max_body: int = MAX_BODY_BYTES,
+    timeout_s: float = TIMEOUT_S,
+) -> FastAPI:
     """The FastAPI application for one deployment and policy."""
     admitted = 0
+    client: httpx.AsyncClient | None = None
     executor: Executor | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal executor
+        nonlocal client, executor
         limits = httpx.Limits(max_connections=max(64, 2 * sum(bound.concurrency)))
         async with httpx.AsyncClient(limits=limits) as client:
             executor = Executor(bound, plan, client)
             yield
 
     app = FastAPI(title="llmoffload", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=max_body)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "scenario": bound.scenario.name,
-            "servers": [s.name for s in bound.scenario.servers],
-            "workflows": list(bound.scenario.workflows),
+    async def health() -> JSONResponse:
+        """Every endpoint probed at once; 503 when the cloud, everyone's fallback, is down."""
+        assert client is not None, "the lifespan starts the client"
+        sc = bound.scenario
+        errors = await asyncio.gather(*(probe(client, ep) for ep in bound.endpoints))
+        cloud = sc.servers[sc.cloud].name
+        down = [s.name for s, e in zip(sc.servers, errors, strict=True) if e is not None]
+        body: dict[str, Any] = {
+            "status": "down" if cloud in down else "degraded" if down else "ok",
+            "scenario": sc.name,
+            "servers": [
+                {"name": s.name, "url": ep.base_url, "reachable": err is None, "error": err}
+                for s, ep, err in zip(sc.servers, bound.endpoints, errors, strict=True)
+            ],
+            "workflows": list(sc.workflows),
             "in_flight": admitted,
             "capacity": capacity,
         }
+        if cloud in down:
+            body["reason"] = (
+                f"the cloud '{cloud}' is unreachable ({errors[sc.cloud]}): "
+                "it is the fallback for every subtask"
+            )
+        return JSONResponse(body, 503 if cloud in down else 200)
 
     @app.post("/v1/requests")
-    async def submit(request: Request) -> dict[str, Any]:
+    async def submit(request: Request, raw: HTTPRequest) -> dict[str, Any]:
         nonlocal admitted
         if request.workflow not in bound.scenario.workflows:
             raise HTTPException(
@@ -63,12 +148,26 @@ def create_app(bound: Bound, plan: Planner, capacity: int = 8) -> FastAPI:
             )
         assert executor is not None, "the lifespan starts the executor"
         admitted += 1
+        work = asyncio.ensure_future(executor.run([request]))
+        gone = asyncio.ensure_future(hung_up(raw))
         try:
-            batch = await executor.run([request])
+            done, _ = await asyncio.wait(
+                (work, gone), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:  # also when this handler is cancelled: no call may outlive its request
+            work.cancel()
+            gone.cancel()
+            await asyncio.gather(work, gone, return_exceptions=True)
+            admitted -= 1
+        if work not in done:
+            why = "the client hung up" if gone in done else f"no answer in {timeout_s:g} s"
+            raise HTTPException(504, f"{why}: the request's endpoint calls were cancelled")
+        try:
+            batch = work.result()
+        except TooLong as exc:
+            raise HTTPException(413, str(exc)) from None
         except OffloadError as exc:
             raise HTTPException(400, str(exc)) from None
-        finally:
-            admitted -= 1
         (result,) = batch.results
         if result.error is not None:
             raise HTTPException(502, result.error)
