@@ -1,6 +1,6 @@
 """CS-UCB, the constraint-satisfaction UCB bandit of PerLLM (arXiv 2405.14636), as a Learner.
 
-The paper's baseline (§5.2, SPEC §5 and §7): filter the actions that meet
+The paper's baseline (§5.2; docs/model.md §5): filter the actions that meet
 the constraints, then take the one with the highest upper confidence bound.
 No network; a table of mean rewards and pull counts.
 

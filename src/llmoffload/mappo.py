@@ -1,5 +1,5 @@
 """MAPPO (Yu et al. 2022, "The Surprising Effectiveness of PPO in Cooperative Multi-Agent
-Games"), as marlbenchmark/on-policy implements it, for the paper's baseline (SPEC §5, §7).
+Games"), as marlbenchmark/on-policy implements it, for the paper's baseline (docs/model.md §5).
 
 One actor per agent (``nets.Actors``: subtask head x location head, ``a = j * S + k``) and
 one centralised value network V(S, i) shared by the agents, fed the global state with the

@@ -1,4 +1,4 @@
-"""The paper's Random baseline (§5.2, SPEC §5) as a Learner: uniform over all actions,
+"""The paper's Random baseline (§5.2; docs/model.md §5) as a Learner: uniform over all actions,
 or over the valid ones under the masked protocol.
 
 Each active agent draws its (subtask, server) uniformly from all J x S

@@ -1,6 +1,6 @@
 """Figs. 4-9, their numbers as CSV, and REPORT.md with the paper's claims checked.
 
-What the figures show (SPEC §6; choices in docs/assumptions.md):
+What the figures show (docs/model.md §6; choices in docs/assumptions.md):
 - *average reward* of a learner: the mean episode reward of its last training
   episodes (the last 50, or the last half of shorter runs); of HEFT and Optimal,
   the mean reward the environment gives their schedules of the held-out instances;
@@ -348,7 +348,7 @@ def long_rows(axis: Axis, series: Series) -> list[dict[str, Any]]:
     ]
 
 
-# -- the paper's claims (SPEC §6, last line) ------------------------------------------------
+# -- the paper's claims (paper §5; docs/model.md §6) -----------------------------------------
 
 Points = list[tuple[str, list[str], Series]]  # (figure, column labels, series)
 

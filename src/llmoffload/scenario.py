@@ -1,6 +1,6 @@
 """Scenario files: servers, network, workload and objective, validated on load.
 
-A scenario holds every number of the system model (SPEC §1-§3). The built-in
+A scenario holds every number of the system model (docs/model.md §1-§3). The built-in
 ``paper`` scenario (``scenarios/paper.yaml``) carries the paper's §5.1 and
 Table 2; each field's unit is in its name.
 """

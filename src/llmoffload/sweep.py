@@ -1,4 +1,4 @@
-"""The paper's experiments (SPEC §6) as independent, cached runs on a process pool or Ray.
+"""The paper's experiments (paper §5) as independent, cached runs on a process pool or Ray.
 
 A sweep is a ``Grid`` of settings. ``plan`` turns it into the runs Figs. 4-9
 need (each method at each bandwidth, deadline and, for one method, failure
@@ -58,7 +58,7 @@ ANY = "any"  # the protocol of a run that every protocol would run alike
 
 @dataclass(frozen=True)
 class Grid:
-    """What to sweep; the defaults are the paper's (SPEC §6, Table 2)."""
+    """What to sweep; the defaults are the paper's (paper §5, Table 2)."""
 
     methods: tuple[str, ...] = tuple(LEARNERS)
     bandwidths_mhz: tuple[float, ...] = (5.0, 5.5, 6.0)  # Figs. 5/6
