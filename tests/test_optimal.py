@@ -118,7 +118,7 @@ def test_time_limit_keeps_the_best_schedule_and_a_valid_bound() -> None:
     assert proven.proven and proven.gap == 0.0
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(tiny_instances())
 def test_relaxed_bound_never_exceeds_the_exhaustive_optimum(instance: Instance) -> None:
     assert relaxed_bound(Tables(instance)) <= exhaustive(instance) + 1e-12

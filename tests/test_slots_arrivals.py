@@ -142,7 +142,7 @@ def tiny_loaded(draw: st.DrawFn) -> Instance:
     return sample_instance(sc, np.random.default_rng(draw(st.integers(0, 2**32))), tasks)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(tiny_loaded())
 def test_optimal_equals_exhaustive_with_slots_and_arrivals(instance: Instance) -> None:
     """CP-SAT's schedule is the brute-force optimum; proven except where a two-slot
