@@ -32,9 +32,9 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GCNConv, global_mean_pool
 
-from llmoffload.encoder import TaskEncoder
-from llmoffload.env import Layout, OffloadEnv
-from llmoffload.scenario import load_scenario
+from llmoffload.marl.encoder import TaskEncoder
+from llmoffload.marl.env import Layout, OffloadEnv
+from llmoffload.model.scenario import load_scenario
 
 BATCHES = (1, 5, 64)
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmoffload.methods import LEARNERS
-from llmoffload.scenario import load_scenario
-from llmoffload.stats import trend
-from llmoffload.training import PROTOCOLS, evaluate_run, make_config, train
+from llmoffload.experiments.stats import trend
+from llmoffload.experiments.training import PROTOCOLS, evaluate_run, make_config, train
+from llmoffload.marl.registry import LEARNERS
+from llmoffload.model.scenario import load_scenario
 
 
 def one_run(algo: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:

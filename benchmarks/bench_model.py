@@ -18,12 +18,12 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from llmoffload.execution import Execution, Tables, evaluate
-from llmoffload.heuristics import heft
-from llmoffload.instance import sample_instance
-from llmoffload.optimal import solve
-from llmoffload.scenario import Scenario, load_scenario
-from llmoffload.schedulers import SCHEDULERS
+from llmoffload.model.execution import Execution, Tables, evaluate
+from llmoffload.model.instance import sample_instance
+from llmoffload.model.scenario import Scenario, load_scenario
+from llmoffload.schedulers.heuristics import heft
+from llmoffload.schedulers.optimal import solve
+from llmoffload.schedulers.registry import SCHEDULERS
 
 
 def throughput(seconds: float = 3.0) -> float:

@@ -230,7 +230,7 @@ def flooded(bound: Bound, requests: int, megabytes: float) -> list[list[str]]:
 
 
 def show(title: str, header: list[str], rows: list[list[str]]) -> None:
-    from llmoffload.cli import table
+    from llmoffload.display import table
 
     print(f"\n{title}\n{table(header, rows)}")
 

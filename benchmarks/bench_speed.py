@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llmoffload.env import OffloadEnv
-from llmoffload.methods import LEARNERS
-from llmoffload.scenario import Scenario, load_scenario
-from llmoffload.training import LOCKSTEP, make_config, new_learner, run_episodes, train
+from llmoffload.experiments.training import LOCKSTEP, make_config, new_learner, run_episodes, train
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.registry import LEARNERS
+from llmoffload.model.scenario import Scenario, load_scenario
 
 clock = time.perf_counter  # --cpu: time.process_time, steadier on a shared machine
 
@@ -171,7 +171,7 @@ def main() -> None:
             f"| {wall / args.scale_episodes:.2f} |"
         )
     if args.plot:
-        from llmoffload.plots import Panel, line_chart  # matplotlib only when plotting
+        from llmoffload.experiments.plots import Panel, line_chart  # matplotlib only when plotting
 
         zero = np.zeros(len(args.tasks))
         series = {key: (np.array(v), zero) for key, v in costs.items()}

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from llmoffload.env import OffloadEnv
-from llmoffload.instance import Subtask, sample_instance
-from llmoffload.learner import Learner
-from llmoffload.scenario import Scenario, load_scenario
-from llmoffload.training import EVAL, episode_seed, run_episode
+from llmoffload.experiments.training import EVAL, episode_seed, run_episode
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.learner import Learner
+from llmoffload.model.instance import Subtask, sample_instance
+from llmoffload.model.scenario import Scenario, load_scenario
 
 
 def scenario_with(tasks: int) -> Scenario:

@@ -22,14 +22,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from llmoffload.cli import app
-from llmoffload.execution import Run, evaluate
-from llmoffload.gantt import lanes
-from llmoffload.heuristics import heft
-from llmoffload.instance import load_instance, sample_instance
-from llmoffload.scenario import load_scenario
+from llmoffload.cli.app import app
+from llmoffload.model.execution import Run, evaluate
+from llmoffload.model.gantt import lanes
+from llmoffload.model.instance import load_instance, sample_instance
+from llmoffload.model.scenario import load_scenario
+from llmoffload.schedulers.heuristics import heft
 
-PAPER_YAML = resources.files("llmoffload.scenarios").joinpath("paper.yaml")
+PAPER_YAML = resources.files("llmoffload.model.scenarios").joinpath("paper.yaml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 runner = CliRunner()

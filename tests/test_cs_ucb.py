@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 from helpers import assert_clearly_better, greedy_objectives, scenario_with
 
-from llmoffload.cs_ucb import CsUcb
-from llmoffload.env import OffloadEnv
-from llmoffload.instance import sample_instance
-from llmoffload.learner import Transition
-from llmoffload.training import (
+from llmoffload.experiments.training import (
     TRAIN,
     episode_seed,
     evaluate_run,
@@ -23,6 +19,10 @@ from llmoffload.training import (
     run_episode,
     train,
 )
+from llmoffload.marl.algorithms.cs_ucb import CsUcb
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.learner import Transition
+from llmoffload.model.instance import sample_instance
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmoffload.encoder import AgentLinear, TaskEncoder, normalised_adjacency
-from llmoffload.env import OffloadEnv
-from llmoffload.nets import Actors, Critic, masked_log_softmax
-from llmoffload.scenario import load_scenario
+from llmoffload.marl.encoder import AgentLinear, TaskEncoder, normalised_adjacency
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.nets import Actors, Critic, masked_log_softmax
+from llmoffload.model.scenario import load_scenario
 
 
 def paper_observations(seeds: range, steps: int = 2) -> tuple[OffloadEnv, torch.Tensor]:

@@ -22,14 +22,13 @@ import pytest
 from helpers import approx, distance_for_snr, sub
 from pettingzoo.test import parallel_api_test
 
-from llmoffload.env import VIOLATIONS, OffloadEnv, schedule_reward
-from llmoffload.execution import evaluate
-from llmoffload.heuristics import heft
-from llmoffload.instance import Instance, Task, sample_instance
-from llmoffload.network import link_rates
-from llmoffload.optimal import solve
-from llmoffload.scenario import Scenario, load_scenario
-from llmoffload.validate import violations
+from llmoffload.marl.env import VIOLATIONS, OffloadEnv, schedule_reward
+from llmoffload.model.execution import evaluate
+from llmoffload.model.instance import Instance, Task, sample_instance
+from llmoffload.model.scenario import Scenario, load_scenario
+from llmoffload.model.validate import violations
+from llmoffload.schedulers.heuristics import heft
+from llmoffload.schedulers.optimal import solve
 
 PAPER = load_scenario("paper")
 TEXT, IMAGE, AUDIO, CLOUD = 0, 1, 2, 3
@@ -466,7 +465,7 @@ def per_agent_observation(env: OffloadEnv, i: int) -> tuple[np.ndarray, np.ndarr
         nodes[j, -4:-1] = node.input_bits / 1e6, node.output_bits / 1e4, node.cycles / 1e9
         adj[node.preds, j] = 1.0
         serves[j] = [node.modality in srv.modalities for srv in sc.servers]
-    uplink = np.array(link_rates(sc, task.distances_m)[0], np.float32) / 1e8
+    uplink = np.array(sc.link_rates(task.distances_m)[0], np.float32) / 1e8
     top_ghz = max(s.ghz for s in sc.servers)
     top_price = max(s.usd_per_ghz for s in sc.servers) or 1.0
     static = [

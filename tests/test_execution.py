@@ -24,11 +24,10 @@ import numpy as np
 import pytest
 from helpers import approx, distance_for_snr, sub
 
-from llmoffload.execution import InvalidDispatch, Run, evaluate
-from llmoffload.instance import Instance, Task, sample_instance
-from llmoffload.network import link_rates
-from llmoffload.scenario import load_scenario
-from llmoffload.validate import violations
+from llmoffload.model.execution import InvalidDispatch, Run, evaluate
+from llmoffload.model.instance import Instance, Task, sample_instance
+from llmoffload.model.scenario import load_scenario
+from llmoffload.model.validate import violations
 
 PAPER = load_scenario("paper")
 TEXT, IMAGE, AUDIO, CLOUD = 0, 1, 2, 3
@@ -137,8 +136,8 @@ def hand_instance(latency: str = "span") -> Instance:
 
 def test_hand_rates() -> None:
     """The chosen distances give the round uplink rates the worked example relies on."""
-    up0, down0 = link_rates(PAPER, D0)
-    up1, down1 = link_rates(PAPER, D1)
+    up0, down0 = PAPER.link_rates(D0)
+    up1, down1 = PAPER.link_rates(D1)
     assert up0 == [approx(18e6), approx(12e6), approx(24e6), 3e6]
     assert down0[TEXT] == approx(R_DL0_TEXT)
     assert down0[CLOUD] == 12e6
@@ -305,7 +304,7 @@ def test_link_rates_at_100_m() -> None:
     SNR_dl = 0.8 * 10^1.3 = 15.9620985197510368..., r_dl = 6e6 log2(16.962...) =
     24,505,456.5805057670... (both to 40 digits with decimal.Decimal, independently).
     """
-    up, down = link_rates(PAPER, [100.0, 100.0, 100.0])
+    up, down = PAPER.link_rates([100.0, 100.0, 100.0])
     for edge in (TEXT, IMAGE, AUDIO):
         assert up[edge] == approx(16_826_535.86136622529827918)
         assert down[edge] == approx(24_505_456.58050576709280997)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 LLMOFFLOAD = Path(sys.executable).with_name("llmoffload")  # the installed script
-PAPER = resources.files("llmoffload.scenarios").joinpath("paper.yaml").read_text()
+PAPER = resources.files("llmoffload.model.scenarios").joinpath("paper.yaml").read_text()
 
 
 def cli(*args: object) -> subprocess.CompletedProcess[str]:

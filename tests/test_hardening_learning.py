@@ -21,9 +21,9 @@ import pytest
 import torch
 import yaml
 
-from llmoffload.instance import sample_instance
-from llmoffload.scenario import Scenario, load_scenario, parse_scenario
-from llmoffload.training import make_config, train
+from llmoffload.experiments.training import make_config, train
+from llmoffload.model.instance import sample_instance
+from llmoffload.model.scenario import Scenario, load_scenario, parse_scenario
 
 PAPER = load_scenario("paper")
 

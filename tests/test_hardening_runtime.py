@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from test_runtime import SERVERS, assert_one_line_error, cli
 from typer.testing import CliRunner, Result
 
-from llmoffload.cli import app as main_app
+from llmoffload.cli.app import app as main_app
 from llmoffload.runtime.deployment import load_deployment
 from llmoffload.runtime.executor import planner
 from llmoffload.runtime.local import free_port, serve_app
@@ -219,9 +219,9 @@ def test_serve_refuses_a_run_that_cannot_serve_at_start(deployment: Path, tmp_pa
 def test_a_run_for_one_task_is_loaded_once_and_serves(
     deployment: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmoffload import training
+    from llmoffload.experiments import training
 
-    scenario = yaml.safe_load((REPO / "src/llmoffload/scenarios/paper.yaml").read_text())
+    scenario = yaml.safe_load((REPO / "src/llmoffload/model/scenarios/paper.yaml").read_text())
     scenario["workload"]["tasks"] = 1
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
     run = train(tmp_path / "one", "--scenario", str(tmp_path / "one.yaml"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from helpers import approx
 
-from llmoffload.execution import Execution, evaluate
-from llmoffload.heuristics import all_cloud, heft, objective_greedy
-from llmoffload.instance import sample_instance
-from llmoffload.scenario import Scenario, load_scenario
+from llmoffload.model.execution import Execution, evaluate
+from llmoffload.model.instance import sample_instance
+from llmoffload.model.scenario import Scenario, load_scenario
+from llmoffload.schedulers.heuristics import all_cloud, heft, objective_greedy
 
 
 def dear_cloud(tasks: int) -> Scenario:

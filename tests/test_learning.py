@@ -13,14 +13,8 @@ import torch
 from helpers import assert_clearly_better, greedy_objectives, scenario_with
 from typer.testing import CliRunner
 
-from llmoffload.cli import app
-from llmoffload.coma import Coma, ComaConfig
-from llmoffload.env import OffloadEnv
-from llmoffload.execution import evaluate
-from llmoffload.heuristics import random_valid
-from llmoffload.instance import sample_instance
-from llmoffload.learner import Learner, Transition
-from llmoffload.training import (
+from llmoffload.cli.app import app
+from llmoffload.experiments.training import (
     EVAL,
     episode_seed,
     evaluate_run,
@@ -30,6 +24,12 @@ from llmoffload.training import (
     run_episode,
     train,
 )
+from llmoffload.marl.algorithms.coma import Coma, ComaConfig
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.learner import Learner, Transition
+from llmoffload.model.execution import evaluate
+from llmoffload.model.instance import sample_instance
+from llmoffload.schedulers.heuristics import random_valid
 
 
 @pytest.fixture(scope="module")

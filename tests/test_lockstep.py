@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 from helpers import scenario_with
 
-from llmoffload.env import OffloadEnv
-from llmoffload.learner import Learner, Transition
-from llmoffload.scenario import load_scenario
-from llmoffload.training import TRAIN, episode_seed, make_config, new_learner, run_episodes, train
+from llmoffload.experiments.training import (
+    TRAIN,
+    episode_seed,
+    make_config,
+    new_learner,
+    run_episodes,
+    train,
+)
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.learner import Learner, Transition
+from llmoffload.model.scenario import load_scenario
 
 SEEDS = [episode_seed(3, TRAIN, e) for e in range(5)]
 

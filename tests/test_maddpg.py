@@ -10,13 +10,7 @@ import pytest
 import torch
 from helpers import assert_clearly_better, greedy_objectives, scenario_with
 
-from llmoffload.env import OffloadEnv
-from llmoffload.execution import evaluate
-from llmoffload.heuristics import random_valid
-from llmoffload.instance import sample_instance
-from llmoffload.maddpg import Maddpg, MaddpgConfig, gumbel_softmax_hard, one_hot
-from llmoffload.methods import LEARNERS
-from llmoffload.training import (
+from llmoffload.experiments.training import (
     EVAL,
     episode_seed,
     evaluate_run,
@@ -26,6 +20,12 @@ from llmoffload.training import (
     run_episode,
     train,
 )
+from llmoffload.marl.algorithms.maddpg import Maddpg, MaddpgConfig, gumbel_softmax_hard, one_hot
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.registry import LEARNERS
+from llmoffload.model.execution import evaluate
+from llmoffload.model.instance import sample_instance
+from llmoffload.schedulers.heuristics import random_valid
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ import pytest
 import torch
 from helpers import assert_clearly_better, greedy_objectives, scenario_with
 
-from llmoffload.env import OffloadEnv
-from llmoffload.execution import evaluate
-from llmoffload.heuristics import heft, random_valid
-from llmoffload.instance import sample_instance
-from llmoffload.mappo import Mappo, clipped_surrogate, clipped_value_loss, gae
-from llmoffload.nets import ValueNorm
-from llmoffload.training import (
+from llmoffload.experiments.training import (
     EVAL,
     TRAIN,
     episode_seed,
@@ -27,6 +21,12 @@ from llmoffload.training import (
     run_episode,
     train,
 )
+from llmoffload.marl.algorithms.mappo import Mappo, clipped_surrogate, clipped_value_loss, gae
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.nets import ValueNorm
+from llmoffload.model.execution import evaluate
+from llmoffload.model.instance import sample_instance
+from llmoffload.schedulers.heuristics import heft, random_valid
 
 
 @pytest.fixture(scope="module")

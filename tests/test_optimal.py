@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmoffload.execution import Dispatch, Execution, Tables, evaluate
-from llmoffload.instance import Instance, sample_instance
-from llmoffload.optimal import relaxed_bound, solve
-from llmoffload.scenario import Scenario, load_scenario
-from llmoffload.schedulers import SCHEDULERS
+from llmoffload.model.execution import Dispatch, Execution, Tables, evaluate
+from llmoffload.model.instance import Instance, sample_instance
+from llmoffload.model.scenario import Scenario, load_scenario
+from llmoffload.schedulers.optimal import relaxed_bound, solve
+from llmoffload.schedulers.registry import SCHEDULERS
 
 # CP-SAT works in 1 us ticks; a schedule's objective sums at most a few dozen
 # rounded durations per task, so 1e-5 bounds the rounding it can hide.

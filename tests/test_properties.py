@@ -15,11 +15,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llmoffload.errors import OffloadError
-from llmoffload.execution import Execution, Schedule, evaluate
-from llmoffload.heuristics import all_cloud, greedy, heft, random_valid, valid_dispatches
-from llmoffload.instance import Instance, Subtask, Task
-from llmoffload.scenario import Scenario
-from llmoffload.validate import check, violations
+from llmoffload.model.execution import Execution, Schedule, evaluate
+from llmoffload.model.instance import Instance, Subtask, Task
+from llmoffload.model.scenario import Scenario
+from llmoffload.model.validate import check, violations
+from llmoffload.schedulers.heuristics import all_cloud, greedy, heft, random_valid, valid_dispatches
 
 MODALITIES = ["text", "image", "audio", "image+text", "audio+text"]
 SIZES = {m: {"input_kbit": [1, 2], "output_kbit": [1, 2]} for m in MODALITIES}

@@ -11,12 +11,9 @@ import pytest
 from helpers import scenario_with
 from typer.testing import CliRunner
 
-from llmoffload.cli import app
-from llmoffload.env import OffloadEnv
+from llmoffload.cli.app import app
 from llmoffload.errors import OffloadError
-from llmoffload.learner import Learner, Transition
-from llmoffload.scenario import load_scenario
-from llmoffload.training import (
+from llmoffload.experiments.training import (
     TRAIN,
     episode_seed,
     load_run,
@@ -25,6 +22,9 @@ from llmoffload.training import (
     run_episode,
     train,
 )
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.learner import Learner, Transition
+from llmoffload.model.scenario import load_scenario
 
 
 @pytest.fixture(scope="module")

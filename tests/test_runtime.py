@@ -21,12 +21,13 @@ import typer
 import yaml
 from typer.testing import CliRunner, Result
 
-from llmoffload.cli import ReportingGroup
-from llmoffload.cli import app as main_app
+from llmoffload.cli.app import ReportingGroup
+from llmoffload.cli.app import app as main_app
+from llmoffload.cli.runtime import calibrate_cmd, run_cmd, serve_cmd
 from llmoffload.errors import OffloadError
-from llmoffload.execution import Schedule
+from llmoffload.model.execution import Schedule
+from llmoffload.model.scenario import Scenario, load_scenario
 from llmoffload.runtime.calibrate import Sample, fit, measure, prediction_error, trace_error
-from llmoffload.runtime.commands import calibrate_cmd, run_cmd, serve_cmd
 from llmoffload.runtime.deployment import load_deployment
 from llmoffload.runtime.executor import Attempt, Batch, Executor, Request, Step, planner
 from llmoffload.runtime.local import (
@@ -36,7 +37,6 @@ from llmoffload.runtime.local import (
     write_deployment,
 )
 from llmoffload.runtime.service import create_app
-from llmoffload.scenario import Scenario, load_scenario
 
 pytestmark = pytest.mark.xdist_group("llama")  # one set of servers under --dist loadgroup
 SERVERS = ["edge-text", "edge-image", "edge-audio", "cloud"]
@@ -46,7 +46,7 @@ WORKFLOWS = ["text-analysis", "image-analysis", "audio-analysis", "vqa", "audio-
 def edgy_scenario(path: Path) -> Path:
     """The paper's scenario with a 1 GHz, 0.3 $/GHz cloud: edges win where they can serve."""
     data = yaml.safe_load(
-        resources.files("llmoffload.scenarios").joinpath("paper.yaml").read_text()
+        resources.files("llmoffload.model.scenarios").joinpath("paper.yaml").read_text()
     )
     data["servers"][3].update(ghz=1.0, usd_per_ghz=0.3)
     path.write_text(yaml.safe_dump(data, sort_keys=False))  # keep the modalities' order

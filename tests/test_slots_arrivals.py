@@ -19,14 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_optimal import TICK_SLOP, TINY_FLOWS, exhaustive
 
-from llmoffload.env import OffloadEnv
 from llmoffload.errors import OffloadError
-from llmoffload.execution import Execution, evaluate
-from llmoffload.heuristics import CLASSIC, best_classic
-from llmoffload.instance import Instance, Task, sample_instance
-from llmoffload.optimal import solve
-from llmoffload.scenario import Scenario, load_scenario, parse_scenario
-from llmoffload.validate import violations
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.model.execution import Execution, evaluate
+from llmoffload.model.instance import Instance, Task, sample_instance
+from llmoffload.model.scenario import Scenario, load_scenario, parse_scenario
+from llmoffload.model.validate import violations
+from llmoffload.schedulers.heuristics import CLASSIC, best_classic
+from llmoffload.schedulers.optimal import solve
 
 PAPER = load_scenario("paper")
 CLOUD = 3

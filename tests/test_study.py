@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from llmoffload.cli import app
+from llmoffload.cli.app import app
 from llmoffload.errors import OffloadError
-from llmoffload.scenario import load_scenario, with_reward
-from llmoffload.study import (
+from llmoffload.experiments.study import (
     Estimate,
     Study,
     iqm_intervals,
@@ -24,8 +23,9 @@ from llmoffload.study import (
     ratios,
     scenario_of,
 )
-from llmoffload.study_report import Row, verdict
-from llmoffload.training import held_out, make_config
+from llmoffload.experiments.study_report import Row, verdict
+from llmoffload.experiments.training import held_out, make_config
+from llmoffload.model.scenario import load_scenario, with_reward
 
 LEARNERS = ("ucb-coma", "coma", "maddpg", "mappo", "cs-ucb")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

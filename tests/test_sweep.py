@@ -17,16 +17,17 @@ import numpy as np
 import pytest
 from helpers import scenario_with
 
-from llmoffload.env import OffloadEnv
-from llmoffload.execution import evaluate
-from llmoffload.heuristics import heft
-from llmoffload.instance import sample_instance
-from llmoffload.report import Record, Verdict, check_claims, normalise, ratio_to
+from llmoffload.experiments.claims import Verdict, check_claims
+from llmoffload.experiments.report import Record, normalise, ratio_to
+from llmoffload.experiments.stats import ci95, trend
+from llmoffload.experiments.sweep import Grid, execute, plan
+from llmoffload.experiments.training import EVAL, episode_seed, evaluate_scheduler
+from llmoffload.marl.env import OffloadEnv
+from llmoffload.model.execution import evaluate
+from llmoffload.model.instance import sample_instance
+from llmoffload.model.scenario import load_scenario
 from llmoffload.runtime.local import free_port
-from llmoffload.scenario import load_scenario
-from llmoffload.stats import ci95, trend
-from llmoffload.sweep import Grid, execute, plan
-from llmoffload.training import EVAL, episode_seed, evaluate_scheduler
+from llmoffload.schedulers.heuristics import heft
 
 TINY = [
     "--seeds", "2", "--episodes", "3", "--eval-episodes", "2", "--time-limit", "60",

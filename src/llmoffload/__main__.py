@@ -1,5 +1,5 @@
 """``python -m llmoffload``: the same command line as the ``llmoffload`` script."""
 
-from llmoffload.cli import main
+from llmoffload.cli.app import main
 
 main()

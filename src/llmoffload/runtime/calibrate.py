@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from llmoffload.execution import evaluate
-from llmoffload.instance import Instance, Subtask, Task
+from llmoffload.model.execution import evaluate
+from llmoffload.model.instance import Instance, Subtask, Task
+from llmoffload.model.scenario import Scenario, parse_scenario
 from llmoffload.runtime.deployment import Bound
 from llmoffload.runtime.executor import Batch, EndpointError, complete
-from llmoffload.scenario import Scenario, parse_scenario
 
 PROMPT_WORDS = (2, 8, 24)  # 16 to 192 bytes: the sizes of the default templates' prompts
 MAX_GHZ = 1e6  # a server whose calls the model's upload time alone already explains

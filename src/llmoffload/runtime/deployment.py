@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from llmoffload.errors import OffloadError
-from llmoffload.scenario import (
+from llmoffload.model.scenario import (
     BUILTIN,
     Model,
     NonNegative,

@@ -24,10 +24,11 @@ import numpy as np
 from pydantic import field_validator
 
 from llmoffload.errors import OffloadError
-from llmoffload.execution import Dispatch, Run, Schedule
-from llmoffload.instance import Instance, Subtask, Task
+from llmoffload.experiments.policies import resolve_policy
+from llmoffload.model.execution import Dispatch, Run, Schedule
+from llmoffload.model.instance import Instance, Subtask, Task
+from llmoffload.model.scenario import Model
 from llmoffload.runtime.deployment import Bound, Deployment, Endpoint
-from llmoffload.scenario import Model
 
 BYTES_PER_TOKEN = 4  # a completion's expected size: max_tokens tokens of about 4 UTF-8 bytes
 
@@ -130,8 +131,6 @@ def planner(
     now by planning a batch of ``tasks`` requests of every workflow: a policy that cannot
     plan this deployment (a run trained for another number of tasks or another scenario)
     fails here, in one line, rather than on every request."""
-    from llmoffload.cli import resolve_policy  # cli registers this package's commands
-
     choose = resolve_policy(policy, time_limit_s)
 
     def plan(inst: Instance) -> Schedule:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmoffload.execution import Run
+from llmoffload.display import table
+from llmoffload.model.execution import Run
 from llmoffload.runtime.executor import Batch, Result, Step
 
 
@@ -49,8 +50,6 @@ def result_json(batch: Batch, result: Result) -> dict[str, Any]:
 
 def trace_table(batch: Batch) -> str:
     """Every subtask in dispatch order: planned and real server, real and predicted times."""
-    from llmoffload.cli import table  # the command line's plain column layout
-
     rows = []
     for step in batch.steps:
         row = step_json(batch, step)
@@ -87,7 +86,7 @@ def draw_real_vs_predicted(batch: Batch, path: str | Path) -> None:
     from matplotlib import image
 
     from llmoffload.files import replacing
-    from llmoffload.gantt import figure
+    from llmoffload.model.gantt import figure
 
     charts = [
         figure(batch.instance, batch.schedule.runs, title="predicted by the execution model"),

@@ -1,0 +1,1 @@
+"""The ``llmoffload`` command line: one module per command group, registered in ``app``."""

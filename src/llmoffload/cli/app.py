@@ -1,0 +1,106 @@
+"""The ``llmoffload`` command line: the app, its one error rule, and every command group
+registered (each group's commands are plain functions in a module of this package).
+
+Bad input of any kind ends in one line ``error: <message>`` on stderr and exit
+code 2, never a traceback, and leaves no output file behind: inputs are
+validated before anything is written, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import errno
+from importlib import metadata
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from llmoffload.cli import reproduce, runtime, scenario, schedule, train
+from llmoffload.errors import OffloadError
+
+EXIT_BAD_INPUT = 2  # the same code Typer uses for usage errors
+
+
+class ReportingGroup(TyperGroup):
+    """Turns OffloadError, OSError and a bad option value (out of its range, missing) from
+    any subcommand into one line on stderr, exit 2, instead of Typer's box.
+
+    Catching here, rather than in ``main``, makes in-process runs (tests,
+    ``CliRunner``) behave exactly like the installed command.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            message = exc.format_message()
+        except OffloadError as exc:
+            message = str(exc)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # a closed pipe: let Typer exit quietly
+                raise
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        typer.echo(f"error: {' '.join(message.split())}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+app = typer.Typer(
+    cls=ReportingGroup,
+    help="Fine-grained LLM inference offloading across edge servers and a cloud.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+scenario_app = typer.Typer(
+    help="Inspect and check scenario files.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(scenario_app, name="scenario")
+
+
+def main() -> None:
+    """Entry point of the ``llmoffload`` script."""
+    app()
+
+
+def print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"llmoffload {metadata.version('llmoffload')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The options before any command (the group's help is the app's)."""
+
+
+app.command("instance")(scenario.instance_cmd)
+scenario_app.command("show")(scenario.scenario_show)
+scenario_app.command("validate")(scenario.scenario_validate)
+app.command("schedule")(schedule.schedule_cmd)
+app.command("train")(train.train_cmd)
+app.command("evaluate")(train.evaluate_cmd)
+app.command("reproduce")(reproduce.reproduce_cmd)
+
+# The runtime on real endpoints (the [runtime] extra): see docs/runtime.md.
+app.command("run")(runtime.run_cmd)
+app.command("calibrate")(runtime.calibrate_cmd)
+app.command("serve")(runtime.serve_cmd)
+deployment_app = typer.Typer(
+    help="Check deployment files.", no_args_is_help=True, add_completion=False
+)
+deployment_app.command("validate")(runtime.deployment_validate_cmd)
+app.add_typer(deployment_app, name="deployment")
+endpoints_app = typer.Typer(
+    help="Local llama.cpp servers for a deployment (needs the local extra).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+endpoints_app.command("up")(runtime.endpoints_up_cmd)
+app.add_typer(endpoints_app, name="endpoints")

@@ -1,0 +1,204 @@
+"""The runtime's commands: ``run`` one request, ``calibrate`` a deployment, ``serve`` it,
+``deployment validate`` a file, and ``endpoints up`` to start local servers for it.
+
+Plain functions with Typer parameters; ``cli.app`` registers them. This module imports
+only what the core has, so the command line loads without the ``runtime`` extra; each
+command checks for the extra first. Bad input raises OffloadError, which the command
+line prints as one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import signal
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from llmoffload.errors import OffloadError
+from llmoffload.files import write_text_atomic
+from llmoffload.model.scenario import one_line
+
+if TYPE_CHECKING:
+    from llmoffload.runtime.calibrate import Sample
+    from llmoffload.runtime.executor import Batch
+
+EXTRA = ("httpx", "fastapi", "uvicorn")
+LOCAL = ("llama_cpp", "gguf", "sse_starlette", "starlette_context", "pydantic_settings")
+
+DeploymentOption = Annotated[
+    Path, typer.Option("--deployment", help="Deployment YAML: an endpoint per server.")
+]
+PolicyOption = Annotated[
+    str, typer.Option(help="A scheduler (heft, greedy, optimal, ...) or a trained run directory.")
+]
+
+
+def require_extra(modules: tuple[str, ...] = EXTRA, extra: str = "runtime") -> None:
+    """One clear error instead of an ImportError when an extra is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OffloadError(
+            f"this command needs {', '.join(missing)}: pip install 'llmoffload[{extra}]'"
+        )
+
+
+def check_free(host: str, port: int) -> None:
+    """A taken or foreign address is bad input, not a server's log line after start-up."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OffloadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def run_cmd(
+    deployment: DeploymentOption,
+    workflow: Annotated[str, typer.Option(help="A workflow of the deployment's scenario.")],
+    text: Annotated[str, typer.Option(help="The user's request.")],
+    policy: PolicyOption = "heft",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    gantt: Annotated[
+        Path | None, typer.Option(help="Draw real vs predicted Gantt charts (.png, .pdf, .svg).")
+    ] = None,
+) -> None:
+    """Run one request on the real endpoints; print its answer and per-subtask trace."""
+    require_extra()
+    import httpx
+
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.executor import Executor, Request, planner
+    from llmoffload.runtime.trace import draw_real_vs_predicted, result_json, trace_table
+
+    try:
+        request = Request(workflow=workflow, text=text)  # serve's rule for a request body
+    except ValidationError as exc:
+        raise OffloadError(f"--{one_line(exc)}") from None
+    bound = load_deployment(deployment)
+    plan = planner(policy, bound)
+    if gantt is not None:
+        from llmoffload.model.gantt import check_format  # matplotlib only when asked
+
+        check_format(gantt)
+
+    async def go() -> Batch:
+        async with httpx.AsyncClient() as client:
+            return await Executor(bound, plan, client).run([request])
+
+    batch = asyncio.run(go())
+    (result,) = batch.results
+    if gantt is not None:
+        draw_real_vs_predicted(batch, gantt)
+    if as_json:
+        typer.echo(json.dumps(result_json(batch, result)))
+    else:
+        typer.echo(f"answer: {result.answer}" if result.error is None else "no answer")
+        typer.echo(f"planned in {batch.plan_s:.3f} s, ran in {batch.wall_s:.3f} s\n")
+        typer.echo(trace_table(batch))
+    if result.error is not None:
+        raise OffloadError(result.error)
+
+
+def calibrate_cmd(
+    deployment: DeploymentOption,
+    out: Annotated[Path, typer.Option("--out", help="Scenario YAML to write.")],
+    rounds: Annotated[int, typer.Option(min=1, help="Calls per endpoint and prompt size.")] = 3,
+) -> None:
+    """Measure every endpoint and write a scenario whose server speeds fit them."""
+    require_extra()
+    import httpx
+
+    from llmoffload.runtime.calibrate import fit, measure, prediction_error
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.executor import EndpointError
+
+    bound = load_deployment(deployment)
+
+    async def go() -> tuple[list[Sample], list[Sample]]:
+        async with httpx.AsyncClient() as client:
+            return await measure(client, bound, rounds), await measure(client, bound, rounds)
+
+    try:
+        fitting, held_out = asyncio.run(go())
+    except EndpointError as exc:
+        raise OffloadError(f"calibration needs every endpoint up: {exc}") from None
+    fitted = fit(bound, fitting)
+    write_text_atomic(out, yaml.safe_dump(fitted.model_dump(), sort_keys=False))
+    before = prediction_error(bound.scenario, bound, held_out)
+    after = prediction_error(fitted, bound, held_out)
+    typer.echo(f"wrote {out}: scenario {fitted.name}")
+    for default, server in zip(bound.scenario.servers, fitted.servers, strict=True):
+        typer.echo(f"  {server.name}: {default.ghz:g} GHz -> {server.ghz:.4g} GHz")
+    typer.echo(
+        f"mean |measured - predicted| per call on {len(held_out)} held-out calls: "
+        f"{before * 1e3:.2f} ms before, {after * 1e3:.2f} ms after"
+    )
+
+
+def serve_cmd(
+    deployment: DeploymentOption,
+    policy: PolicyOption = "heft",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    capacity: Annotated[
+        int, typer.Option(min=1, help="Requests admitted at once; one more gets 503.")
+    ] = 8,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds a request may run; then 504, its calls cancelled."),
+    ] = 120.0,
+) -> None:
+    """Serve the deployment over HTTP: POST /v1/requests, GET /health."""
+    require_extra()
+    import uvicorn
+
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.executor import planner
+    from llmoffload.runtime.service import create_app
+
+    bound = load_deployment(deployment)
+    app = create_app(bound, planner(policy, bound), capacity, timeout_s=timeout)
+    check_free(host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def deployment_validate_cmd(file: Annotated[Path, typer.Argument(metavar="FILE")]) -> None:
+    """Check a deployment file against its scenario; print 'ok: ...' or the error."""
+    from llmoffload.runtime.deployment import load_deployment
+
+    bound = load_deployment(file)
+    typer.echo(
+        f"ok: {file}: scenario {bound.scenario.name}, {len(bound.endpoints)} endpoints, "
+        f"{len(bound.scenario.workflows)} workflows"
+    )
+
+
+def endpoints_up_cmd(deployment: DeploymentOption) -> None:
+    """Start tiny llama.cpp servers at a deployment's endpoint addresses until Ctrl-C.
+
+    Random weights: the answers are gibberish, the servers real. SIGTERM stops them too.
+    """
+    require_extra(LOCAL, "local")
+    from llmoffload.runtime.deployment import load_deployment
+    from llmoffload.runtime.local import addresses, started
+
+    at = addresses(load_deployment(deployment).deployment)
+    for host, port, _ in at.values():
+        check_free(host, port)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
+    try:
+        with tempfile.TemporaryDirectory() as work, started(at, Path(work)) as servers:
+            for name, server in servers.items():
+                typer.echo(f"up: {name} at {server.url} (model {at[name][2]})")
+            typer.echo("Ctrl-C or SIGTERM stops them")
+            threading.Event().wait()  # until one of them interrupts it
+    except KeyboardInterrupt:  # the servers are killed on the way out of ``started``
+        typer.echo("stopped")

@@ -1,0 +1,120 @@
+"""``train`` a learner and ``evaluate`` a trained run on held-out instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from llmoffload.display import table
+from llmoffload.errors import OffloadError
+from llmoffload.model.scenario import load_scenario, with_reward
+
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
+
+LOCKSTEP_HELP = (
+    "Training episodes played at once, one forward of the networks for all (default 1: "
+    "one by one; more is faster, and cost UCB-COMA and COMA reward, see docs)."
+)
+PROTOCOL_HELP = (
+    "paper: learn which actions are valid from the penalties, as the paper (an agent does "
+    "not retry an action refused in the same state); masked: act and learn on valid "
+    "actions only (CS-UCB masks under both)."
+)
+
+
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    algo: Annotated[
+        str, typer.Option(help="ucb-coma, coma, mappo, maddpg, cs-ucb or random (the paper's).")
+    ] = "ucb-coma",
+    scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
+    episodes: Annotated[int, typer.Option(min=1, help="Training episodes (paper: 700).")] = 700,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed every random draw flows from.")
+    ] = 0,
+    failure_prob: Annotated[
+        float, typer.Option(help="Per-step probability that an edge is down, in [0, 1).")
+    ] = 0.0,
+    protocol: Annotated[
+        str, typer.Option(help=f"{PROTOCOL_HELP} --set mask=... overrides it.")
+    ] = "paper",
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable)."),
+    ] = None,
+    lockstep: Annotated[int | None, typer.Option(min=1, help=LOCKSTEP_HELP)] = None,
+    reward: Annotated[
+        str | None,
+        typer.Option(help="Reward form: paper or objective (default: the scenario's)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Clear an earlier run's files from --out first.")
+    ] = False,
+) -> None:
+    """Train a learner; writes episodes.csv, checkpoint.pt, reward_curve.png, config.json."""
+    from llmoffload.experiments.training import (  # torch only when asked
+        LOCKSTEP,
+        make_config,
+        train,
+    )
+
+    config = make_config(algo, parse_settings(settings or []), protocol)
+    sc = load_scenario(scenario)
+    sc = with_reward(sc, reward) if reward else sc
+    lockstep = lockstep or LOCKSTEP
+    rows = train(
+        algo, sc, episodes, seed, out, config, failure_prob, lockstep=lockstep, force=force
+    )
+    tail = rows[-min(50, len(rows)) :]
+    mean = sum(r["reward"] for r in tail) / len(tail)
+    typer.echo(
+        f"trained {algo} for {episodes} episodes on {sc.name} (seed {seed}); "
+        f"mean reward of the last {len(tail)}: {mean:.2f}; wrote {out}/"
+    )
+
+
+def parse_settings(settings: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise OffloadError(f"--set {item}: expected KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A directory 'train' wrote.")],
+    episodes: Annotated[int, typer.Option(min=1, help="Held-out episodes.")] = 200,
+    time_limit: Annotated[
+        float, typer.Option(min=0.001, help="CP-SAT time limit per instance, seconds.")
+    ] = 10.0,
+) -> None:
+    """Greedy policy on held-out instances, beside HEFT and Optimal; writes evaluation.csv."""
+    from llmoffload.experiments.training import evaluate_run, load_run  # torch only when asked
+
+    load_run(run)  # a clear error before any work if the run is missing
+    rows = evaluate_run(run, episodes, time_limit)
+    typer.echo(
+        f"{run}: {episodes} held-out episodes in evaluation mode (no exploration, no learning)"
+    )
+    typer.echo(table(["metric", "mean", "sd"], evaluation_table(rows)))
+
+
+def evaluation_table(rows: list[dict[str, float]]) -> list[list[str]]:
+    """Mean and spread of each metric, and the per-instance ratios to HEFT and Optimal."""
+    columns = {
+        "objective": [r["objective"] for r in rows],
+        "latency (s)": [r["latency"] for r in rows],
+        "cost ($)": [r["cost"] for r in rows],
+        "deadline misses": [r["deadline_misses"] for r in rows],
+        "ratio to HEFT": [r["objective"] / r["heft"] for r in rows],
+        "ratio to Optimal": [r["objective"] / r["optimal"] for r in rows],
+    }
+    return [
+        [name, f"{np.mean(v):.4f}", f"{np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"]
+        for name, v in columns.items()
+    ]

@@ -1,0 +1,1 @@
+"""Training, evaluation against the references, the sweeps, their reports and figures."""

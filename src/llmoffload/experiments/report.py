@@ -1,0 +1,409 @@
+"""Figs. 4-9, their numbers as CSV, and REPORT.md with the paper's claims checked.
+
+What the figures show (docs/model.md §6; choices in docs/assumptions.md):
+- *average reward* of a learner: the mean episode reward of its last training
+  episodes (the last 50, or the last half of shorter runs); of HEFT and Optimal,
+  the mean reward the environment gives their schedules of the held-out instances;
+- *weighted sum*: the mean objective (sum over tasks of gamma latency + (1 - gamma)
+  cost) on the held-out instances, the learners acting greedily; NaN when a policy
+  leaves work undone (Random). Figs. 6/8 scale it onto [0.1, 1] over the figure's
+  points, as the paper does; Fig. 9 shows it unscaled;
+- every point is a mean over seeds with its 95% t-interval.
+
+Each protocol swept (``sweep.Grid.protocols``) gets its own figures and claims: the
+paper protocol's files keep the paper's names, the masked one's end in ``_masked``.
+A run the protocol does not change (CS-UCB, the references) appears in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmoffload.experiments.claims import Series, Verdict, check_claims
+from llmoffload.experiments.plots import Panel, line_chart, reward_curve
+from llmoffload.experiments.stats import ci95, trend
+from llmoffload.experiments.sweep import ANY, REFERENCES, Grid, Outcome, RunSpec
+from llmoffload.files import write_csv, write_text_atomic
+
+TAIL = 50  # training episodes averaged into a learner's "average reward"
+CSV_FLOATS = ".6g"  # the figures' CSVs: enough digits for any plot, diff-friendly
+PROTOCOL_TEXT = (
+    "Two protocols (`--protocol`). Under **paper** the learners are not told which of the "
+    "J·S actions are valid and learn it from the environment's penalties, as the paper's "
+    "agents do; an agent only does not retry an action refused in the state it is still "
+    "in (Random draws from all actions). Under **masked** every learner acts and learns on the "
+    "valid actions only (Random draws among them). CS-UCB masks under both (its constraint "
+    "filter is the valid-action mask), so its runs serve both protocols, as do the references' "
+    "(HEFT, best classic, Optimal), which learn nothing and stand beside the methods "
+    "in both. Every learner is "
+    "evaluated greedily over the valid actions under both. The paper's four claims are "
+    "judged under the paper protocol, whose claims they are, and again, separately, under "
+    "masked. The paper protocol's files keep the paper's names; the masked protocol's end "
+    "in `_masked`."
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One finished run, reduced to what the figures need."""
+
+    method: str
+    bandwidth_mhz: float
+    deadline_s: float
+    failure_prob: float
+    seed: int
+    reward: float
+    curve: tuple[float, ...]
+    objectives: tuple[float, ...]  # per held-out instance, in the seed's instance order
+
+    @property
+    def objective(self) -> float:
+        """The held-out weighted sum: NaN if any instance was left undone."""
+        return float(np.mean(self.objectives))
+
+
+def record(result: dict[str, Any]) -> Record:
+    spec, held, curve = result["spec"], result["held_out"], result["train_reward"]
+    if curve:
+        window = max(1, min(TAIL, len(curve) // 2))
+        reward = float(np.mean(curve[-window:]))
+    else:
+        reward = float(np.mean(held["reward"]))
+    keys = ("method", "bandwidth_mhz", "deadline_s", "failure_prob", "seed")
+    return Record(
+        **{k: spec[k] for k in keys},
+        reward=reward,
+        curve=tuple(curve),
+        objectives=tuple(held["objective"]),
+    )
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One setting varied over ``xs``, the others held where the grid says."""
+
+    field: str
+    label: str
+    short: str
+    xs: tuple[float, ...]
+    fixed: dict[str, float]
+
+    def labels(self) -> list[str]:
+        return [f"{self.short}={x:g}" for x in self.xs]
+
+    def runs(self, records: list[Record], method: str, x: float) -> list[Record]:
+        return [
+            r
+            for r in records
+            if r.method == method
+            and getattr(r, self.field) == x
+            and all(getattr(r, k) == v for k, v in self.fixed.items())
+        ]
+
+    def series(
+        self, records: list[Record], methods: list[str], metric: Callable[[Record], float]
+    ) -> Series:
+        """Per method, the metric's mean and CI half-width at each x; NaN where no run."""
+        out = {}
+        for m in methods:
+            stats = [
+                ci95([metric(r) for r in self.runs(records, m, x)] or [np.nan]) for x in self.xs
+            ]
+            out[m] = (np.array([s[0] for s in stats]), np.array([s[1] for s in stats]))
+        return out
+
+
+def ratio_to(records: list[Record]) -> Callable[[Record], float]:
+    """A run's held-out objective over Optimal's, instance by instance, then averaged.
+
+    The same seed and setting share their held-out instances, so the ratio is paired:
+    it removes the spread between instances that dominates the plain weighted sum.
+    """
+    optimal = {
+        (r.bandwidth_mhz, r.deadline_s, r.seed): np.array(r.objectives)
+        for r in records
+        if r.method == "optimal"
+    }
+
+    def ratio(r: Record) -> float:
+        best = optimal.get((r.bandwidth_mhz, r.deadline_s, r.seed))
+        return np.nan if best is None else float(np.mean(np.array(r.objectives) / best))
+
+    return ratio
+
+
+def reward(r: Record) -> float:
+    return r.reward
+
+
+def objective(r: Record) -> float:
+    return r.objective
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of methods against one axis: its file, what it plots, and how."""
+
+    number: int  # the paper's
+    name: str
+    caption: str
+    axis: Axis
+    metric: Callable[[Record], float]
+    ylabel: str
+    scaled: bool  # onto [0.1, 1], as the paper's weighted-sum figures
+
+    @property
+    def title(self) -> str:
+        return f"Fig. {self.number}: {self.caption}"
+
+
+def normalise(series: Series) -> Series:
+    """Every mean mapped linearly onto [0.1, 1] over the figure (NaN kept), CIs alike."""
+    finite = np.concatenate([m[np.isfinite(m)] for m, _ in series.values()])
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    scale = 0.9 / (hi - lo) if hi > lo else 0.0
+    return {k: (0.1 + (m - lo) * scale, h * scale) for k, (m, h) in series.items()}
+
+
+def figures(grid: Grid) -> tuple[Axis, list[Figure], Axis]:
+    """The base point of Fig. 4, Figs. 5-8, and Fig. 9's axis, for this grid."""
+    held = {"bandwidth_mhz": grid.bandwidth_mhz, "deadline_s": grid.deadline_s, "failure_prob": 0.0}
+
+    def axis(field: str, label: str, short: str, xs: tuple[float, ...]) -> Axis:
+        """``field`` varied over ``xs``, every other setting held at the base."""
+        return Axis(field, label, short, xs, {k: v for k, v in held.items() if k != field})
+
+    bandwidth = axis("bandwidth_mhz", "bandwidth W (MHz)", "W", grid.bandwidths_mhz)
+    deadline = axis("deadline_s", "deadline T_max (s)", "T_max", grid.deadlines_s)
+    failure = axis("failure_prob", "edge failure probability", "p", grid.failure_probs)
+    base = Axis("failure_prob", "", "p", (0.0,), failure.fixed)
+    return base, pair(5, "bandwidth", bandwidth) + pair(7, "deadline", deadline), failure
+
+
+def pair(k: int, name: str, axis: Axis) -> list[Figure]:
+    """A setting's two figures, as the paper pairs them: reward, then the weighted sum."""
+    return [
+        Figure(
+            k,
+            f"fig{k}_{name}_reward",
+            f"average reward vs {name}",
+            axis,
+            reward,
+            "average reward",
+            False,
+        ),
+        Figure(
+            k + 1,
+            f"fig{k + 1}_{name}_weighted_sum",
+            f"weighted latency + cost vs {name}",
+            axis,
+            objective,
+            "weighted sum, normalised",
+            True,
+        ),
+    ]
+
+
+Table = dict[str, dict[str, tuple[float, float]]]  # method -> column -> (mean, CI half-width)
+
+
+def table(series: Series, labels: list[str]) -> Table:
+    return {
+        m: {c: (mean[k], half[k]) for k, c in enumerate(labels)}
+        for m, (mean, half) in series.items()
+    }
+
+
+def merge(*tables: Table) -> Table:
+    return {m: {c: v for t in tables for c, v in t.get(m, {}).items()} for m in tables[0]}
+
+
+Section = tuple[str, str, Table]  # title, file stem, numbers
+
+
+@dataclass(frozen=True)
+class Part:
+    """One protocol's share of the report: its figures' numbers and the claims' verdicts."""
+
+    protocol: str
+    sections: list[Section]
+    verdicts: list[Verdict]
+
+
+def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) -> None:
+    """Write every protocol's figures, their CSVs, and REPORT.md into ``out``."""
+    parts = []
+    for protocol in grid.protocols:
+        runs = [s for s in specs if s.protocol in (protocol, ANY) and s.key in outcome.results]
+        records = [record(outcome.results[s.key]) for s in runs]
+        tag = "" if protocol == "paper" else f"_{protocol}"
+        parts.append(Part(protocol, *write_figures(grid, records, out, tag)))
+    write_text_atomic(out / "REPORT.md", markdown(grid, specs, outcome, parts))
+
+
+def write_figures(
+    grid: Grid, records: list[Record], out: Path, tag: str
+) -> tuple[list[Section], list[Verdict]]:
+    """One protocol's figures and CSVs, their file stems ending in ``tag``; returns the
+    report's sections and the claims' verdicts."""
+    methods, every = list(grid.methods), [*grid.methods, *REFERENCES]
+    base, lines, failure = figures(grid)
+    sections: list[Section] = []
+
+    curves = {m: [r.curve for r in base.runs(records, m, 0.0)] for m in methods}
+    curves = {m: np.array(c) for m, c in curves.items() if c}
+    reward_curve(curves, out / f"fig4_reward_curves{tag}.png")
+    rows = [
+        {"method": m, "episode": e, "mean": mean[e], "ci95": half[e], "seeds": len(c)}
+        for m, c in curves.items()
+        for mean, half in [ci95(c)]
+        for e in range(c.shape[1])
+    ]
+    write_csv(out / f"fig4_reward_curves{tag}.csv", rows, CSV_FLOATS)
+    at_base = {
+        name: base.series(records, every, metric)
+        for name, metric in (
+            ("average reward", reward),
+            ("weighted sum", objective),
+            ("ratio to Optimal", ratio_to(records)),
+        )
+    }
+    sections.append(
+        (
+            "Fig. 4: training reward at the base setting",
+            f"fig4_reward_curves{tag}",
+            merge(*(table(s, [name]) for name, s in at_base.items())),
+        )
+    )
+
+    tables = {}
+    for fig in lines:
+        raw = tables[fig.name] = fig.axis.series(records, every, fig.metric)
+        shown = normalise(raw) if fig.scaled else {m: raw[m] for m in methods}
+        line_chart(
+            [Panel(fig.axis.label, fig.ylabel, list(fig.axis.xs), shown, set(REFERENCES))],
+            out / f"{fig.name}{tag}.png",
+        )
+        rows = long_rows(fig.axis, raw)
+        if fig.scaled:
+            scaled = long_rows(fig.axis, shown)
+            rows = [
+                r | {"normalised": s["mean"], "normalised_ci95": s["ci95"]}
+                for r, s in zip(rows, scaled, strict=True)
+            ]
+        write_csv(out / f"{fig.name}{tag}.csv", rows, CSV_FLOATS)
+        sections.append((fig.title, fig.name + tag, table(raw, fig.axis.labels())))
+
+    one = [grid.failure_method]
+    fail = {
+        name: failure.series(records, one, metric)
+        for name, metric in (("average reward", reward), ("weighted sum", objective))
+    }
+    line_chart(
+        [Panel(failure.label, name, list(failure.xs), s) for name, s in fail.items()],
+        out / f"fig9_failures{tag}.png",
+    )
+    write_csv(
+        out / f"fig9_failures{tag}.csv",
+        [{"metric": name} | r for name, s in fail.items() for r in long_rows(failure, s)],
+        CSV_FLOATS,
+    )
+    sections.append(
+        (
+            f"Fig. 9: {grid.failure_method} under edge failures",
+            f"fig9_failures{tag}",
+            merge(
+                *(table(s, [f"{name}, {x}" for x in failure.labels()]) for name, s in fail.items())
+            ),
+        )
+    )
+
+    reward_figs = [("Fig. 4", ["base"], at_base["average reward"])]
+    reward_figs += [point(f, tables) for f in lines if not f.scaled]
+    cost_figs = [point(f, tables) for f in lines if f.scaled]
+    drift = trend(curves["random"]) if "random" in curves else None
+    return sections, check_claims(methods, reward_figs, cost_figs, drift)
+
+
+def point(fig: Figure, tables: dict[str, Series]) -> tuple[str, list[str], Series]:
+    """A figure as the claims see it: its number, its x labels and its numbers."""
+    return f"Fig. {fig.number}", fig.axis.labels(), tables[fig.name]
+
+
+def long_rows(axis: Axis, series: Series) -> list[dict[str, Any]]:
+    """A series as CSV rows: method, x, mean, ci95."""
+    return [
+        {"method": m, axis.field: x, "mean": mean[k], "ci95": half[k]}
+        for m, (mean, half) in series.items()
+        for k, x in enumerate(axis.xs)
+    ]
+
+
+# -- the paper's claims (paper §5; docs/model.md §6) -----------------------------------------
+
+# -- REPORT.md ------------------------------------------------------------------------------
+
+
+def cell(value: tuple[float, float]) -> str:
+    mean, half = value
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4g} ± {half:.2g}" if half else f"{mean:.4g}"
+
+
+def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Part]) -> str:
+    """The report: the setting and the protocols, then per protocol the claims and each
+    figure with its numbers."""
+    lines = [
+        "# Reproduction of the UCB-COMA paper's experiments",
+        "",
+        f"Methods: {', '.join(grid.methods)}; references HEFT, best classic (per instance the "
+        f"best of the classic schedulers) and Optimal (CP-SAT, {grid.time_limit_s:g} s per "
+        f"instance). Seeds: {', '.join(map(str, grid.seeds))}. "
+        f"Training: {grid.episodes} episodes; evaluation: {grid.eval_episodes} held-out "
+        f"instances per run. Base setting: W = {grid.bandwidth_mhz:g} MHz, "
+        f"T_max = {grid.deadline_s:g} s, no failures; scenario '{grid.scenario}'.",
+        "",
+        "Cells are means over seeds ± the half-width of the 95% t-interval. A learner's "
+        f"average reward is its mean over its last {TAIL} training episodes (or the last half); "
+        "A reference's is the reward of its schedules of the held-out instances. "
+        "The weighted sum is the held-out objective (gamma latency + (1 - gamma) cost, lower "
+        "is better); n/a where a policy leaves work undone. The figures of the weighted sum "
+        "scale it onto [0.1, 1] as the paper does; the tables give it unscaled.",
+        "",
+        PROTOCOL_TEXT + f" This report: {', '.join(grid.protocols)}.",
+        "",
+    ]
+    failed = [outcome.failures[s.key] for s in specs if s.key in outcome.failures]
+    missing = len([s for s in specs if s.key not in outcome.results])
+    proven = [
+        p
+        for s in specs
+        if s.method == "optimal" and s.key in outcome.results
+        for p in outcome.results[s.key]["held_out"].get("proven", [])
+    ]
+    lines.append(
+        f"Runs: {len(specs) - missing} of {len(specs)} finished. Optimal is proven optimal on "
+        f"{sum(proven)} of {len(proven)} held-out instances (the rest: the best schedule found)."
+    )
+    lines += [f"- failed: {f}" for f in failed]
+    for part in parts:
+        under = f"({part.protocol} protocol)"
+        lines += ["", f"## The {part.protocol} protocol", "", f"### The paper's claims {under}"]
+        lines += ["", "| claim | verdict | numbers |", "|---|---|---|"]
+        lines += [f"| {v.claim} | **{v.verdict}** | {v.evidence} |" for v in part.verdicts]
+        for title, stem, tab in part.sections:
+            columns = list(next(iter(tab.values())))
+            link = f"![{stem}]({stem}.png) ([numbers]({stem}.csv))"
+            lines += ["", f"### {title} {under}", "", link, ""]
+            lines += ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+            lines += [
+                f"| {m} | " + " | ".join(cell(row[c]) for c in columns) + " |"
+                for m, row in tab.items()
+            ]
+    return "\n".join(lines) + "\n"

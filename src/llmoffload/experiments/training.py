@@ -1,0 +1,428 @@
+"""Train a learner on the environment, save the run, and evaluate it on held-out instances.
+
+A run directory holds ``config.json``, ``episodes.csv`` (one row per episode),
+``checkpoint.pt``, ``reward_curve.png`` and, if TensorBoard is installed,
+``tensorboard/``. The checkpoint holds only tensors and plain data (dicts, lists,
+numbers, strings) and is read with ``torch.load(weights_only=True)``: a run directory
+from elsewhere cannot run code when loaded. Every random draw flows from the run's
+seed: training episode e uses instance seed ``(seed, 0, e)`` and evaluation episode e
+uses ``(seed, 1, e)``, so evaluation never sees a training instance.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmoffload.errors import OffloadError
+from llmoffload.files import check_output, replacing, write_csv, write_text_atomic
+from llmoffload.marl.env import OffloadEnv, outcome, schedule_reward
+from llmoffload.marl.learner import Learner, Transition
+from llmoffload.marl.ranges import Range, check_config, settings_of
+from llmoffload.marl.registry import LEARNERS
+from llmoffload.model.execution import Schedule, evaluate
+from llmoffload.model.instance import Instance, sample_instance
+from llmoffload.model.scenario import Scenario, parse_scenario
+from llmoffload.schedulers.optimal import solve
+from llmoffload.schedulers.registry import SCHEDULERS
+
+TRAIN, EVAL = 0, 1
+# training episodes played at once by default: one, since K > 1 acts on a policy up to
+# K episodes old and cost UCB-COMA and COMA reward (docs/assumptions.md, measured)
+LOCKSTEP = 1
+EVAL_LOCKSTEP = 50  # held-out episodes played at once (greedy: each plays as if alone)
+# How the learners treat invalid actions: "paper" learns from the env's penalties (the
+# paper's agents); "masked" acts on valid actions only, as CS-UCB always does.
+PROTOCOLS = ("paper", "masked")
+# At 1 every edge is down at every step: the cloud alone is left, nothing to learn.
+FAILURE_PROBS = Range(0.0, 1.0, high_open=True)
+CHECKPOINT_FORMAT = "llmoffload-checkpoint/1"  # 1: tensors and plain data only
+# what a run directory holds (``train``), cleared by --force; anything else is not a run's
+RUN_FILES = (
+    "config.json",
+    "episodes.csv",
+    "checkpoint.pt",
+    "reward_curve.png",
+    "tensorboard",
+    "evaluation.csv",
+)
+
+
+def episode_seed(seed: int, stream: int, episode: int) -> int:
+    """A seed per (run, train/eval stream, episode), disjoint across streams."""
+    return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
+
+
+def make_config(algo: str, overrides: dict[str, str], protocol: str = "paper") -> Any:
+    """The algorithm's config: its defaults, the protocol's masking, then ``--set
+    key=value`` overrides, each setting checked against its range."""
+    if algo not in LEARNERS:
+        raise OffloadError(f"unknown algorithm '{algo}' (choose from {', '.join(LEARNERS)})")
+    check_protocol(protocol)
+    cls = LEARNERS[algo].config
+    kinds = {name: kind for name, (kind, _) in settings_of(cls).items()}
+    values: dict[str, Any] = dict(LEARNERS[algo].defaults)
+    if "mask" in kinds:
+        values["mask"] = protocol == "masked"
+    for key, text in overrides.items():
+        if key not in kinds:
+            known = ", ".join(kinds) or "it has none"
+            raise OffloadError(f"--set {key}: {algo} has no such setting ({known})")
+        parse = {bool: parse_bool, int: int, float: float, str: str}[kinds[key]]
+        try:
+            values[key] = parse(text)
+        except ValueError:
+            raise OffloadError(f"--set {key}={text}: not a {kinds[key].__name__}") from None
+    config = cls(**values)
+    check_config(config)
+    return config
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise OffloadError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+
+
+def check_failure_prob(p: float) -> None:
+    """One rule for ``train`` and ``reproduce``: an edge failure probability in [0, 1)."""
+    FAILURE_PROBS.check("failure_prob", p)
+
+
+def parse_bool(text: str) -> bool:
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in words:
+        raise ValueError(text)
+    return words[text.lower()]
+
+
+def run_episode(
+    env: OffloadEnv,
+    learner: Learner,
+    seed: int,
+    explore: bool,
+    instance: Instance | None = None,
+) -> dict[str, float]:
+    """Play one episode; an exploring learner also learns from it."""
+    return run_episodes([env], learner, [seed], explore, [instance])[0]
+
+
+def run_episodes(
+    envs: list[OffloadEnv],
+    learner: Learner,
+    seeds: list[int],
+    explore: bool,
+    instances: list[Instance | None] | None = None,
+) -> list[dict[str, float]]:
+    """Play one episode in each env, in lockstep: each step, one ``act`` for all of them
+    (one forward of the networks instead of one per episode), then each env's step and
+    transition in env order. An exploring learner learns from the transitions as they
+    come. Each episode's instance and env draws come from its own seed, so a greedy
+    learner (``explore=False``, Random excepted) plays each episode as if alone.
+
+    The masks a learner acts on: the env's valid actions when it is evaluated, under
+    the masked protocol, and for CS-UCB (whose constraint filter they are); else, under
+    the paper protocol, every action but those refused in the state the agent is still
+    in. A refused action changes nothing, so the agent knows a retry fails: it learns
+    validity from the penalties without ever repeating a refusal.
+    """
+    for env, seed, inst in zip(envs, seeds, instances or [None] * len(envs), strict=True):
+        env.reset(seed=seed, options={"instance": inst} if inst else None)
+    agents, actions = len(envs[0].possible_agents), envs[0].layout.actions
+    told = not explore or getattr(learner.config, "mask", True)
+    refused = np.zeros((len(envs), agents, actions), bool)
+    active = np.stack([env.acting() for env in envs])
+    state = np.stack([env.state() for env in envs])
+    masks = np.stack([allowed(env, active[e], refused[e], told) for e, env in enumerate(envs)])
+    while any(env.agents for env in envs):
+        chosen = learner.act(state.reshape(len(envs), agents, -1), active, masks, explore)
+        next_state, next_active, next_masks = state.copy(), active.copy(), masks.copy()
+        for e, env in enumerate(envs):
+            if not env.agents:
+                continue
+            rewards, infos = env.play(chosen[e])
+            executed = np.array([info.get("run") is not None for info in infos])
+            failed = active[e] & ~executed
+            refused[e, failed, chosen[e, failed]] = True
+            refused[e, executed] = False  # the agent's task moved on: nothing refused yet
+            # the step limit aside: a truncated episode bootstraps from the state it
+            # stopped in, with the agents that would act there
+            next_active[e] = env.acting()
+            next_state[e] = env.state()
+            next_masks[e] = allowed(env, next_active[e], refused[e], told)
+            if explore:
+                learner.observe(
+                    Transition(
+                        state=state[e],
+                        actions=chosen[e],
+                        active=active[e],
+                        masks=masks[e],
+                        rewards=rewards,
+                        next_state=next_state[e],
+                        next_active=next_active[e],
+                        next_masks=next_masks[e],
+                        terminal=not next_active[e].any(),
+                        truncated=next_active[e].any() and not env.agents,
+                        env=e,
+                    )
+                )
+        state, active, masks = next_state, next_active, next_masks
+    return [env.summary() for env in envs]
+
+
+def allowed(env: OffloadEnv, active: np.ndarray, refused: np.ndarray, told: bool) -> np.ndarray:
+    """(I, A) int8: the env's valid actions if the agents are ``told`` them, else every
+    action not yet refused in the current state; zeros for inactive agents."""
+    ok = env.masks() > 0 if told else ~refused
+    return (ok & active[:, None]).astype(np.int8)
+
+
+def new_learner(algo: str, config: Any, env: OffloadEnv, seed: int) -> Learner:
+    """A fresh learner whose every draw flows from ``seed``.
+
+    The networks are tiny, so one CPU thread is fastest: more threads only
+    spin and wait (measured 0.5 ms vs 35 ms per actor call on a busy 2-core box).
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    return LEARNERS[algo].build(env.layout, len(env.possible_agents), config, rng)
+
+
+def train(
+    algo: str,
+    scenario: Scenario,
+    episodes: int,
+    seed: int,
+    out: Path,
+    config: Any,
+    failure_prob: float = 0.0,
+    progress: bool = True,
+    lockstep: int = LOCKSTEP,
+    plot: bool = True,
+    force: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``episodes`` episodes, ``lockstep`` at a time (``run_episodes``), and write
+    the run directory (``reward_curve.png`` if ``plot``; an earlier run's there is
+    cleared only if ``force``); returns the CSV rows."""
+    check_failure_prob(failure_prob)
+    envs = [OffloadEnv(scenario, failure_prob=failure_prob) for _ in range(lockstep)]
+    learner = new_learner(algo, config, envs[0], seed)
+    run_directory(out, force)
+    meta = {
+        "algo": algo,
+        "seed": seed,
+        "episodes": episodes,
+        "lockstep": lockstep,
+        "failure_prob": failure_prob,
+        "config": asdict(config),
+        "scenario": scenario.model_dump(mode="json"),
+    }
+    write_text_atomic(out / "config.json", json.dumps(meta, indent=1) + "\n")
+    board = tensorboard(out)
+    rows = []
+    bar = tqdm(total=episodes, desc=f"train {algo}", unit="ep", disable=not progress)
+    for first in range(0, episodes, lockstep):
+        block = range(first, min(first + lockstep, episodes))
+        learner.progress = first / episodes
+        seeds = [episode_seed(seed, TRAIN, e) for e in block]
+        played = run_episodes(envs[: len(block)], learner, seeds, True)
+        for e, summary in zip(block, played, strict=True):
+            rows.append({"episode": e, **summary})
+            if board:
+                for key in ("reward", "objective", "latency", "cost", "undone"):
+                    board.add_scalar(f"episode/{key}", summary[key], e)
+        bar.update(len(block))
+    bar.close()
+    if board:
+        board.close()
+    write_csv(out / "episodes.csv", rows)
+    with replacing(out / "checkpoint.pt") as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **meta, "learner": learner.state_dict()}, tmp)
+    if plot:
+        from llmoffload.experiments.plots import (
+            reward_curve,  # matplotlib only when writing figures
+        )
+
+        reward_curve({algo: [r["reward"] for r in rows]}, out / "reward_curve.png")
+    return rows
+
+
+def run_directory(out: Path, force: bool) -> None:
+    """Make ``out`` an empty directory for a new run. A non-empty one is refused unless
+    ``force``: its files (an old evaluation.csv, TensorBoard events) would mix with the
+    new run's. ``force`` deletes only a run's own files, so a mistyped --out never
+    empties a directory of other things."""
+    check_output(out, directory=True)
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if found and not force:
+        raise OffloadError(f"{out}: not empty (an earlier run?); --force clears it first")
+    foreign = [name for name in found if name not in RUN_FILES]
+    if foreign:
+        raise OffloadError(
+            f"{out}: holds files no run writes ({', '.join(foreign)}); choose another --out"
+        )
+    for name in found:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def tensorboard(out: Path) -> Any:
+    """A TensorBoard writer if TensorBoard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def load_run(run: Path) -> tuple[dict[str, Any], Any, OffloadEnv]:
+    """The run's metadata, its learner restored from the checkpoint, and its env.
+
+    A damaged or foreign checkpoint is one OffloadError naming it; one holding
+    anything but tensors and plain data is refused unread (unpickling it could run code).
+    """
+    path = run / "checkpoint.pt"
+    if not path.is_file():
+        raise OffloadError(f"no trained run at {run} (missing checkpoint.pt)")
+    try:
+        with warnings.catch_warnings():  # torch warns on some foreign pickles: no stderr
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, weights_only=True)
+    except Exception:  # torch raises many kinds for bad bytes; each means the same here
+        raise OffloadError(
+            f"{path}: not a readable checkpoint (empty, truncated, foreign, or holding "
+            "objects other than tensors and plain data, which are never unpickled)"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise OffloadError(
+            f"{path}: not a checkpoint of 'llmoffload train' in format {CHECKPOINT_FORMAT} "
+            "(an older version's run must be trained again)"
+        )
+    try:
+        env = OffloadEnv(parse_scenario(ckpt["scenario"], "scenario"), ckpt["failure_prob"])
+        algo = ckpt["algo"]
+        config = LEARNERS[algo].config(**ckpt["config"])
+        check_config(config)
+        learner = new_learner(algo, config, env, ckpt["seed"])
+        learner.load_state_dict(ckpt["learner"])
+    except (OffloadError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().partition("\n")[0]
+        raise OffloadError(f"{path}: damaged ({type(exc).__name__}: {reason})") from None
+    return ckpt, learner, env
+
+
+def check_fits(env: OffloadEnv, instance: Instance) -> None:
+    """Refuse an instance the run's networks cannot read: they are sized for the number
+    of tasks, the servers, the modalities and the longest workflow it was trained on."""
+    trained = sizes(len(env.possible_agents), env.scenario)
+    given = sizes(len(instance.tasks), instance.scenario)
+    differs = [f"{given[k]} {k}" for k in trained if given[k] != trained[k]]
+    longest = max(len(task.subtasks) for task in instance.tasks)
+    if longest > env.layout.subtasks:
+        differs.append(f"a task of {longest} subtasks")
+    if differs:
+        shape = ", ".join(f"{v} {k}" for k, v in trained.items())
+        raise OffloadError(
+            f"the run was trained for {shape} and up to {env.layout.subtasks} subtasks per "
+            f"task; this instance has {' and '.join(differs)}"
+        )
+
+
+def sizes(tasks: int, scenario: Scenario) -> dict[str, object]:
+    return {
+        "tasks": tasks,
+        "servers": len(scenario.servers),
+        "modalities": "/".join(scenario.modalities),
+    }
+
+
+def trained_policy(run: Path) -> Callable[[Instance], Schedule]:
+    """A trained run as a scheduler: greedy over valid actions, its checkpoint loaded (and
+    so checked) once, now, rather than for every instance."""
+    _, learner, env = load_run(run)
+
+    def schedule(instance: Instance) -> Schedule:
+        check_fits(env, instance)
+        summary = run_episode(env, learner, 0, False, instance)
+        if summary["undone"]:
+            raise OffloadError(
+                f"the policy left {summary['undone']} subtasks undone after {env.max_steps} steps"
+            )
+        return env.ex.schedule()
+
+    return schedule
+
+
+def held_out(scenario: Scenario, seed: int, episodes: int) -> Iterator[tuple[int, int, Instance]]:
+    """Evaluation episode e's seed and instance: stream EVAL, never seen in training."""
+    for e in range(episodes):
+        eseed = episode_seed(seed, EVAL, e)
+        yield e, eseed, sample_instance(scenario, np.random.default_rng(eseed))
+
+
+def scheduler_schedule(
+    name: str, instance: Instance, seed: int, time_limit_s: float
+) -> tuple[Schedule, bool]:
+    """A classic scheduler's schedule, and whether it is proven optimal (Optimal within
+    ``time_limit_s`` seconds; an unproven one is the best found, and may vary with load)."""
+    if name == "optimal":
+        solution = solve(instance, time_limit_s=time_limit_s)
+        return solution.schedule, solution.proven
+    return evaluate(instance, SCHEDULERS[name](instance, np.random.default_rng(seed))), False
+
+
+def evaluate_run(
+    run: Path,
+    episodes: int,
+    time_limit_s: float = 10.0,
+    progress: bool = True,
+    references: bool = True,
+) -> list[dict[str, float]]:
+    """Greedy, masked, non-learning episodes on held-out instances, ``EVAL_LOCKSTEP`` at a
+    time, beside HEFT and Optimal unless ``references`` is off (a sweep evaluates those
+    once per setting)."""
+    ckpt, learner, env = load_run(run)
+    cases = list(held_out(env.scenario, ckpt["seed"], episodes))
+    envs = [env] + [OffloadEnv(env.scenario, env.failure_prob) for _ in cases[1:EVAL_LOCKSTEP]]
+    rows = []
+    bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress)
+    for first in range(0, episodes, EVAL_LOCKSTEP):
+        block = cases[first : first + EVAL_LOCKSTEP]
+        seeds, instances = [seed for _, seed, _ in block], [inst for *_, inst in block]
+        played = run_episodes(envs[: len(block)], learner, seeds, False, instances)
+        for (e, seed, inst), summary in zip(block, played, strict=True):
+            row = {"episode": e, **summary}
+            if references:
+                for name in ("heft", "optimal"):
+                    row[name] = scheduler_schedule(name, inst, seed, time_limit_s)[0].objective
+            rows.append(row)
+            bar.update()
+    bar.close()
+    write_csv(run / "evaluation.csv", rows)
+    return rows
+
+
+def evaluate_scheduler(
+    name: str, scenario: Scenario, seed: int, episodes: int, time_limit_s: float = 10.0
+) -> list[dict[str, float]]:
+    """A classic scheduler on the same held-out instances a run of ``seed`` is evaluated on,
+    with the reward the environment would give its schedule (``env.schedule_reward``)."""
+    rows = []
+    for e, eseed, inst in held_out(scenario, seed, episodes):
+        schedule, proven = scheduler_schedule(name, inst, eseed, time_limit_s)
+        reward = schedule_reward(inst, schedule)
+        rows.append({"episode": e, "reward": reward, "proven": proven, **outcome(schedule)})
+    return rows

@@ -1,0 +1,1 @@
+"""One learner per file, each reading top to bottom like its paper's algorithm."""

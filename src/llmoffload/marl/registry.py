@@ -1,0 +1,40 @@
+"""The learners by name: what ``--algo`` chooses from.
+
+Each follows ``learner.Learner``; its config dataclass holds its paper's
+defaults. The classic schedulers live beside them in ``schedulers.SCHEDULERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmoffload.marl.algorithms.coma import Coma, ComaConfig
+from llmoffload.marl.algorithms.cs_ucb import CsUcb, CsUcbConfig
+from llmoffload.marl.algorithms.maddpg import Maddpg, MaddpgConfig
+from llmoffload.marl.algorithms.mappo import Mappo, MappoConfig
+from llmoffload.marl.algorithms.random_policy import RandomConfig, RandomPolicy
+from llmoffload.marl.env import Layout
+from llmoffload.marl.learner import Learner
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A learner: its config class, the settings that set it apart, its constructor."""
+
+    config: type
+    build: Callable[[Layout, int, Any, np.random.Generator], Learner]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+LEARNERS: dict[str, Learned] = {
+    "ucb-coma": Learned(ComaConfig, Coma, {"ucb": True}),
+    "coma": Learned(ComaConfig, Coma, {"ucb": False}),
+    "maddpg": Learned(MaddpgConfig, Maddpg),
+    "mappo": Learned(MappoConfig, Mappo),
+    "cs-ucb": Learned(CsUcbConfig, CsUcb),
+    "random": Learned(RandomConfig, RandomPolicy),
+}

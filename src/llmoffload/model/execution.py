@@ -1,0 +1,268 @@
+"""The execution model (paper §3.2-§3.3, docs/model.md §3), one dispatch at a time.
+
+A schedule is a dispatch sequence of (task, subtask, server). A server with K
+slots (an edge: one) runs at most K subtasks at once, in dispatch order: each
+dispatch takes the slot that frees first and starts when both that slot and
+its data are ready, without preemption and without idling while work waits; a
+server without a slot limit (the paper's cloud) runs everything at once. No
+subtask starts before its task arrives. Times are computed when a subtask is
+dispatched, so a learning environment can step the model and a scheduler can
+ask "when would this finish?" before committing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from llmoffload.errors import OffloadError
+from llmoffload.model.instance import Instance
+
+
+class Dispatch(NamedTuple):
+    """Send subtask ``subtask`` of task ``task`` to server ``server``."""
+
+    task: int
+    subtask: int
+    server: int
+
+
+class InvalidDispatch(OffloadError):
+    """A dispatch that breaks precedence, modality, or repeats a subtask."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """When and where one subtask ran, and what it cost."""
+
+    task: int
+    subtask: int
+    server: int
+    start: float
+    upload: float
+    compute: float
+    end: float
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """T_i, Cost_i, T_max - T_i, and gamma T_i + (1 - gamma) Cost_i."""
+
+    latency: float
+    cost: float
+    slack: float
+    objective: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A finished schedule: every run in dispatch order and the per-task results."""
+
+    runs: list[Run]
+    tasks: list[TaskResult]
+    objective: float
+
+    @property
+    def order(self) -> list[Dispatch]:
+        return [Dispatch(r.task, r.subtask, r.server) for r in self.runs]
+
+    @property
+    def deadline_misses(self) -> int:
+        return sum(t.slack < 0 for t in self.tasks)
+
+
+def per_server(
+    amounts: list[float], factors: list[float], serves: list[list[bool]]
+) -> list[list[float | None]]:
+    """amount * factor[s] for every subtask and server, None where s cannot serve it."""
+    return [
+        [amount * f if ok else None for f, ok in zip(factors, row, strict=True)]
+        for amount, row in zip(amounts, serves, strict=True)
+    ]
+
+
+class Tables:
+    """Per-instance constants, computed once: durations, costs, transfer rates."""
+
+    def __init__(self, instance: Instance) -> None:
+        sc = instance.scenario
+        self.instance = instance
+        self.gamma = sc.gamma
+        self.t_max = sc.t_max_s
+        self.from_arrival = sc.latency == "arrival"
+        self.cloud = sc.cloud
+        self.slots = [s.slots for s in sc.servers]  # None: no limit
+        self.arrival = [task.arrival_s for task in instance.tasks]
+        self.servers = range(len(sc.servers))
+        self.sec_per_bit_ee = 1.0 / (sc.network.edge_edge_mbps * 1e6)
+        self.sec_per_bit_ec = 1.0 / (sc.network.edge_cloud_mbps * 1e6)
+        sec_per_cycle = [1 / (s.ghz * 1e9) for s in sc.servers]
+        usd_per_cycle = [s.usd_per_ghz / 1e9 for s in sc.servers]
+        serving = {m: [m in s.modalities for s in sc.servers] for m in sc.modalities}
+        self.preds: list[list[list[int]]] = []
+        self.out_bits: list[list[float]] = []
+        self.upload: list[list[list[float | None]]] = []
+        self.compute: list[list[list[float | None]]] = []
+        self.cost: list[list[list[float | None]]] = []
+        self.downlink: list[list[float]] = []
+        self.uplink_bps: list[list[float]] = []  # device -> each server, for observations
+        for task in instance.tasks:
+            up, down = sc.link_rates(task.distances_m)
+            self.uplink_bps.append(up)
+
+            self.preds.append([sub.preds for sub in task.subtasks])
+            self.out_bits.append([sub.output_bits for sub in task.subtasks])
+            bits = [sub.input_bits for sub in task.subtasks]
+            cycles = [sub.cycles for sub in task.subtasks]
+            serves = [serving[sub.modality] for sub in task.subtasks]
+            self.upload.append(per_server(bits, [1 / r for r in up], serves))
+            self.compute.append(per_server(cycles, sec_per_cycle, serves))
+            self.cost.append(per_server(cycles, usd_per_cycle, serves))
+            self.downlink.append([task.subtasks[-1].output_bits / down[s] for s in self.servers])
+
+    def supports(self, task: int, subtask: int, server: int) -> bool:
+        return self.upload[task][subtask][server] is not None
+
+    def transfer(self, task: int, pred: int, src: int, dst: int) -> float:
+        """Time to move a predecessor's output from server ``src`` to ``dst``."""
+        if src == dst:
+            return 0.0
+        per_bit = (
+            self.sec_per_bit_ec if src == self.cloud or dst == self.cloud else self.sec_per_bit_ee
+        )
+        return self.out_bits[task][pred] * per_bit
+
+
+class Execution:
+    """The system's state as subtasks are dispatched one by one."""
+
+    def __init__(self, instance: Instance | Tables) -> None:
+        self.tables = instance if isinstance(instance, Tables) else Tables(instance)
+        sizes = [len(p) for p in self.tables.preds]
+        self.placed = [[-1] * n for n in sizes]
+        self.start = [[0.0] * n for n in sizes]
+        self.end = [[0.0] * n for n in sizes]
+        self.left = list(sizes)
+        # when each slot of each limited server frees up, and the first of them per server
+        self.slot_free = [[0.0] * k if k else [] for k in self.tables.slots]
+        self.free = [0.0] * len(self.tables.servers)
+        self.runs: list[Run] = []
+
+    @property
+    def done(self) -> bool:
+        return not any(self.left)
+
+    def violation(self, task: int, subtask: int, server: int) -> str | None:
+        """Why this dispatch is not allowed now, or None if it is."""
+        t = self.tables
+        if not (0 <= task < len(t.preds) and 0 <= subtask < len(t.preds[task])):
+            return f"no subtask {subtask} in task {task}"
+        if server not in t.servers:
+            return f"no server {server}"
+        if self.placed[task][subtask] >= 0:
+            return f"task {task} subtask {subtask} was already dispatched"
+        waiting = [p for p in t.preds[task][subtask] if self.placed[task][p] < 0]
+        if waiting:
+            return f"task {task} subtask {subtask} waits for predecessors {waiting}"
+        if not t.supports(task, subtask, server):
+            return f"server {server} cannot serve the modality of task {task} subtask {subtask}"
+        return None
+
+    def ready_time(self, task: int, subtask: int, server: int) -> float:
+        """WT: when every predecessor's output has reached ``server``, and not before
+        the task arrives."""
+        t = self.tables
+        placed, end = self.placed[task], self.end[task]
+        return max(
+            (end[p] + t.transfer(task, p, placed[p], server) for p in t.preds[task][subtask]),
+            default=t.arrival[task],
+        )
+
+    def timing(self, task: int, subtask: int, server: int) -> tuple[float, float]:
+        """(start, end) this subtask would get if dispatched now; must be valid."""
+        t = self.tables
+        start = max(self.ready_time(task, subtask, server), self.free[server])
+        up = t.upload[task][subtask][server]
+        return start, start + up + t.compute[task][subtask][server]
+
+    def dispatch(self, task: int, subtask: int, server: int) -> Run:
+        """Commit one dispatch; raises InvalidDispatch if it breaks a constraint."""
+        reason = self.violation(task, subtask, server)
+        if reason is not None:
+            raise InvalidDispatch(reason)
+        t = self.tables
+        start, end = self.timing(task, subtask, server)
+        slots = self.slot_free[server]
+        if slots:
+            slots[slots.index(min(slots))] = end
+            self.free[server] = min(slots)
+        self.placed[task][subtask] = server
+        self.start[task][subtask] = start
+        self.end[task][subtask] = end
+        self.left[task] -= 1
+        run = Run(
+            task,
+            subtask,
+            server,
+            start,
+            t.upload[task][subtask][server],
+            t.compute[task][subtask][server],
+            end,
+            t.cost[task][subtask][server],
+        )
+        self.runs.append(run)
+        return run
+
+    def latency_so_far(
+        self, task: int, extra: tuple[int, int, float, float] | None = None
+    ) -> float:
+        """The task's latency over its dispatched subtasks (plus ``extra`` = (subtask,
+        server, start, end) if given): latest end minus first start (or its arrival), plus
+        the result's download once the exit is among them; T_i when all are dispatched."""
+        t = self.tables
+        runs = [
+            (j, s, self.start[task][j], self.end[task][j])
+            for j, s in enumerate(self.placed[task])
+            if s >= 0
+        ]
+        runs += [extra] if extra else []
+        if not runs:
+            return 0.0
+        first = t.arrival[task] if t.from_arrival else min(r[2] for r in runs)
+        exit_ = len(self.placed[task]) - 1
+        down = sum(t.downlink[task][s] for j, s, *_ in runs if j == exit_)
+        return max(r[3] for r in runs) - first + down
+
+    def objective_increase(self, task: int, subtask: int, server: int) -> float:
+        """What dispatching now would add to the task's weighted objective so far,
+        gamma * latency_so_far + (1 - gamma) * cost so far (queue waiting included):
+        summed over a schedule's dispatches, it is the schedule's objective."""
+        t = self.tables
+        start, end = self.timing(task, subtask, server)
+        grown = self.latency_so_far(task, (subtask, server, start, end))
+        latency = grown - self.latency_so_far(task)
+        return t.gamma * latency + (1.0 - t.gamma) * t.cost[task][subtask][server]
+
+    def task_result(self, task: int) -> TaskResult:
+        """T_i and Cost_i of a task whose subtasks are all dispatched (docs/model.md §3)."""
+        t = self.tables
+        if self.left[task]:
+            raise InvalidDispatch(f"task {task} still has {self.left[task]} subtasks to dispatch")
+        latency = self.latency_so_far(task)
+        cost = sum(t.cost[task][j][s] for j, s in enumerate(self.placed[task]))
+        objective = t.gamma * latency + (1.0 - t.gamma) * cost
+        return TaskResult(latency, cost, t.t_max - latency, objective)
+
+    def schedule(self) -> Schedule:
+        tasks = [self.task_result(i) for i in range(len(self.left))]
+        return Schedule(list(self.runs), tasks, sum(r.objective for r in tasks))
+
+
+def evaluate(instance: Instance | Tables, order: Iterable[tuple[int, int, int]]) -> Schedule:
+    """Run a whole dispatch sequence through the execution model."""
+    ex = Execution(instance)
+    for task, subtask, server in order:
+        ex.dispatch(task, subtask, server)
+    return ex.schedule()

@@ -1,0 +1,262 @@
+"""The true optimum: CP-SAT over placement and per-edge order.
+
+The execution model starts every subtask as early as its placement and its
+server's order allow (no voluntary idling). Because the paper's latency is
+``max EN - min ST``, a solver free to delay starts could shorten a task's
+measured span by idling its first subtask, which no dispatch sequence can do.
+So the model pins each start exactly::
+
+    start = max(data-ready time WT (never before the task arrives),
+                end of the previous subtask in its slot)
+
+with each slot's order given by a circuit (AddCircuit) over the subtasks placed
+there (an edge has one slot; a cloud with K slots K circuits, each subtask in
+one; an unlimited cloud none); NoOverlap over optional intervals is added as a
+redundant constraint for propagation. Times are integers of ``resolution_s`` (1 us by
+default) and the weights gamma, 1 - gamma are rounded to 1/1000; the returned
+schedule is always the exact replay of the solver's dispatch sequence through
+the execution model, so only ``bound`` carries that rounding. CP-SAT starts
+from the best classic schedule (``heuristics.best_classic``) as a hint, and that is
+what comes back if the solver finds nothing better within its time limit. The
+lower bound is CP-SAT's or, where that is weaker (at scale often 0),
+``relaxed_bound``'s.
+
+CP-SAT searches with one worker: its path is then fixed, so the same instance gives
+the same schedule, byte for byte, whenever the search ends before the time limit (a
+5-task paper instance takes about a second). Parallel workers race, and of equally good
+schedules the first found wins, so tied subtasks came back in another order from run to
+run. Where the time limit cuts the search, what it found by then still depends on the
+machine's speed.
+
+OR-Tools is imported when a model is solved, not with the module: it pulls in
+pandas, a third of a second that a training run, which never solves, need not pay.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from llmoffload.model.execution import Dispatch, Schedule, Tables, evaluate
+from llmoffload.model.instance import Instance
+from llmoffload.schedulers.heuristics import best_classic
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model
+
+WEIGHT_SCALE = 1000
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The best schedule found, a proven lower bound, and whether it is optimal."""
+
+    schedule: Schedule
+    bound: float
+    proven: bool
+    wall_s: float
+
+    @property
+    def gap(self) -> float:
+        """Relative distance between the schedule and the bound (0 when proven)."""
+        obj = self.schedule.objective
+        return 0.0 if self.proven else max(0.0, (obj - self.bound) / obj)
+
+
+def ancestors(preds: list[list[int]]) -> list[set[int]]:
+    """Transitive predecessors of every subtask of one task."""
+    anc: list[set[int]] = []
+    for pj in preds:
+        anc.append(set(pj).union(*(anc[p] for p in pj)))
+    return anc
+
+
+def relaxed_bound(t: Tables) -> float:
+    """A lower bound on any schedule's objective that needs no search: per task, gamma
+    times its critical path with every subtask on its fastest server (upload + compute;
+    the exit's download included; no transfers, no queueing) plus (1 - gamma) times the
+    sum of each subtask's cheapest cost. Each part bounds its term, so their sum bounds
+    the objective; it is what ``solve`` reports when CP-SAT's own bound is weaker."""
+    total = 0.0
+    for i, preds in enumerate(t.preds):
+        exit_ = len(preds) - 1
+        finish: list[float] = []
+        for j, pj in enumerate(preds):
+            where = [s for s in t.servers if t.supports(i, j, s)]
+            fastest = min(
+                t.upload[i][j][s] + t.compute[i][j][s] + (t.downlink[i][s] if j == exit_ else 0.0)
+                for s in where
+            )
+            finish.append(max((finish[p] for p in pj), default=0.0) + fastest)
+        cheapest = sum(min(c for c in row if c is not None) for row in t.cost[i])
+        total += t.gamma * max(finish) + (1.0 - t.gamma) * cheapest
+    return total
+
+
+def solve(
+    instance: Instance,
+    time_limit_s: float = 10.0,
+    resolution_s: float = 1e-6,
+) -> Solution:
+    """Minimise sum_i gamma T_i + (1 - gamma) Cost_i over all dispatch sequences."""
+    from ortools.sat.python import cp_model
+
+    began = time.perf_counter()
+    t = Tables(instance)
+    ticks = 1.0 / resolution_s
+
+    def tick(seconds: float) -> int:
+        return round(seconds * ticks)
+
+    m = cp_model.CpModel()
+    subtasks = [(i, j) for i, preds in enumerate(t.preds) for j in range(len(preds))]
+    where = {(i, j): [s for s in t.servers if t.supports(i, j, s)] for i, j in subtasks}
+    dur = {
+        (i, j, s): max(1, tick(t.upload[i][j][s] + t.compute[i][j][s]))
+        for i, j in subtasks
+        for s in where[i, j]
+    }
+    arrival = [tick(a) for a in t.arrival]
+    horizon = (
+        max(arrival)
+        + sum(max(dur[i, j, s] for s in where[i, j]) for i, j in subtasks)
+        + sum(tick(b * t.sec_per_bit_ec) + 1 for out in t.out_bits for b in out)
+    )
+
+    x = {(i, j, s): m.new_bool_var(f"x{i}_{j}_{s}") for i, j in subtasks for s in where[i, j]}
+    start = {k: m.new_int_var(0, horizon, f"st{k}") for k in subtasks}
+    end = {k: m.new_int_var(0, horizon, f"en{k}") for k in subtasks}
+    prev = {k: m.new_int_var(0, horizon, f"prev{k}") for k in subtasks}
+
+    def on(i: int, j: int, s: int) -> cp_model.LinearExprT:
+        return x.get((i, j, s), 0)
+
+    for i, j in subtasks:
+        m.add_exactly_one(x[i, j, s] for s in where[i, j])
+        m.add(end[i, j] == start[i, j] + sum(x[i, j, s] * dur[i, j, s] for s in where[i, j]))
+        # Data-ready time WT: predecessor's end plus the transfer its placement implies.
+        ready = []
+        for p in t.preds[i][j]:
+            both = {
+                s: together(m, x, (i, p, s), (i, j, s)) for s in where[i, p] if s in where[i, j]
+            }
+            t_ee = tick(t.out_bits[i][p] * t.sec_per_bit_ee)
+            t_ec = tick(t.out_bits[i][p] * t.sec_per_bit_ec)
+            # 0 on the same server, t_ec when exactly one end is the cloud, else t_ee.
+            cloud_hop = on(i, p, t.cloud) + on(i, j, t.cloud) - 2 * both.get(t.cloud, 0)
+            ready.append(end[i, p] + t_ee - t_ee * sum(both.values()) + (t_ec - t_ee) * cloud_hop)
+        wt = m.new_int_var(0, horizon, f"wt{i}_{j}")
+        m.add_max_equality(wt, ready or [arrival[i]])
+        m.add_max_equality(start[i, j], [wt, prev[i, j]])
+        for s in where[i, j]:
+            if t.slots[s] is None:
+                m.add(prev[i, j] == 0).only_enforce_if(x[i, j, s])
+
+    # Each slot of a limited server runs its subtasks in one order: a circuit through a
+    # depot node 0. A server with K slots gets K circuits; each subtask placed there
+    # takes exactly one of them.
+    anc = [ancestors(preds) for preds in t.preds]
+    for s in t.servers:
+        here = [k for k in subtasks if s in where[k]]
+        if t.slots[s] is None or not here:
+            continue
+        slots = t.slots[s]
+        lit = {(k, 0): x[(*k, s)] for k in here}
+        if slots > 1:
+            lit = {(k, q): m.new_bool_var(f"y{k}_{s}_{q}") for k in here for q in range(slots)}
+            for k in here:
+                m.add(sum(lit[k, q] for q in range(slots)) == x[(*k, s)])
+        for q in range(slots):
+            circuit(m, [(k, lit[k, q]) for k in here], start, end, prev, dur, s, anc)
+
+    # Objective: gamma T_i + (1 - gamma) Cost_i, with T_i = max EN - min ST + downlink.
+    gw = round(t.gamma * WEIGHT_SCALE)
+    cw = WEIGHT_SCALE - gw
+    terms = []
+    for i, preds in enumerate(t.preds):
+        last = len(preds) - 1
+        first = arrival[i]
+        if not t.from_arrival:
+            first = m.new_int_var(0, horizon, f"first_start{i}")
+            m.add_min_equality(first, [start[i, j] for j, pj in enumerate(preds) if not pj])
+        downlink = sum(x[i, last, s] * tick(t.downlink[i][s]) for s in where[i, last])
+        terms.append(gw * (end[i, last] - first + downlink))
+    terms.append(cw * sum(x[i, j, s] * round(t.cost[i][j][s] * ticks) for i, j, s in x))
+    m.minimize(sum(terms))
+
+    hint = best_classic(instance, np.random.default_rng(0))
+    for key, var in x.items():
+        m.add_hint(var, key in hint)
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = 1  # the same path every time (see the module's doc)
+    status = solver.solve(m)
+    schedule = evaluate(t, hint)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        # Dispatching in order of start time keeps each edge's order and precedence.
+        order = sorted(
+            (solver.value(start[i, j]), solver.value(end[i, j]), Dispatch(i, j, s))
+            for (i, j, s), var in x.items()
+            if solver.value(var)
+        )
+        found = evaluate(t, [d for *_, d in order])
+        schedule = min(found, schedule, key=lambda sch: sch.objective)
+    bound = max(relaxed_bound(t), solver.best_objective_bound / (ticks * WEIGHT_SCALE))
+    # With several slots the model picks each subtask's slot, the execution model the one
+    # that frees first; replayed, a solution only gets earlier, which is no worse when
+    # latency counts from arrival, but may lengthen a span (max EN - min ST).
+    exact = t.from_arrival or all(k is None or k == 1 for k in t.slots)
+    proven = status == cp_model.OPTIMAL and exact
+    return Solution(schedule, bound, proven, time.perf_counter() - began)
+
+
+def circuit(
+    m: cp_model.CpModel,
+    members: list[tuple[tuple[int, int], cp_model.IntVar]],
+    start: dict,
+    end: dict,
+    prev: dict,
+    dur: dict,
+    server: int,
+    anc: list[set[int]],
+) -> None:
+    """One slot's order: a circuit through a depot over the subtasks whose literal is
+    true; each starts no earlier than the end of the one before it (``prev``)."""
+    empty = m.new_bool_var("")
+    arcs = [(0, 0, empty)]
+    intervals = []
+    for a, ((i, j), here) in enumerate(members, start=1):
+        m.add_implication(here, empty.Not())
+        arcs.append((a, a, here.Not()))
+        first = m.new_bool_var("")
+        arcs += [(0, a, first), (a, 0, m.new_bool_var(""))]
+        m.add(prev[i, j] == 0).only_enforce_if(first)
+        intervals.append(
+            m.new_optional_fixed_size_interval_var(start[i, j], dur[i, j, server], here, "")
+        )
+        for b, ((i2, j2), _) in enumerate(members, start=1):
+            if a == b or (i == i2 and j2 in anc[i][j]):
+                continue
+            follows = m.new_bool_var("")
+            arcs.append((a, b, follows))
+            m.add(prev[i2, j2] == end[i, j]).only_enforce_if(follows)
+    m.add_circuit(arcs)
+    m.add_no_overlap(intervals)
+
+
+def together(m: cp_model.CpModel, x: dict, a: tuple, b: tuple) -> cp_model.IntVar:
+    """A literal equal to x[a] AND x[b]: both subtasks on the same server."""
+    both = m.new_bool_var(f"both{a}{b}")
+    m.add_implication(both, x[a])
+    m.add_implication(both, x[b])
+    m.add_bool_or([x[a].Not(), x[b].Not(), both])
+    return both
+
+
+def optimal(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
+    """The registry's entry: the best sequence CP-SAT finds in its default time."""
+    return solve(instance).schedule.order
