@@ -1,7 +1,7 @@
 """The learners by name: what ``--algo`` chooses from.
 
 Each follows ``learner.Learner``; its config dataclass holds its paper's
-defaults. The classic schedulers live beside them in ``schedulers.SCHEDULERS``.
+defaults. The classic schedulers are in ``schedulers.registry.SCHEDULERS``.
 """
 
 from __future__ import annotations
