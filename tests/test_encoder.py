@@ -8,7 +8,7 @@ paper environment, where tasks have 4 or 5 subtasks padded to J = 5. The actors
 stack every agent's encoder and layers into one batched pass, and the COMA critic
 applies its first layer in parts; the last tests check that each agent still
 computes what its own weights compute alone, and the critic what its concatenated
-input gives.
+input gives; ``sample`` draws what ``torch.multinomial`` draws.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from llmoffload.marl.encoder import AgentLinear, TaskEncoder, normalised_adjacency
 from llmoffload.marl.env import OffloadEnv
-from llmoffload.marl.nets import Actors, Critic, masked_log_softmax
+from llmoffload.marl.nets import Actors, Critic, masked_log_softmax, sample
 from llmoffload.model.scenario import load_scenario
 
 
@@ -286,3 +286,17 @@ def test_actors_draw_what_one_network_per_agent_drew() -> None:
             plain = torch.nn.Linear(*layer.weight.shape[1:], bias=layer.bias is not None)
             assert torch.equal(layer.weight[i], plain.weight.t())
             assert layer.bias is None or torch.equal(layer.bias[i, 0], plain.bias)
+
+
+@pytest.mark.parametrize("lead", [(1, 5), (64, 5), (3,)])
+def test_sample_draws_what_multinomial_draws(lead: tuple[int, ...]) -> None:
+    """Same generator seed, same actions as torch.multinomial(p, 1), draw after draw (so
+    the generator advances alike), also where masked actions have probability 0."""
+    source = torch.Generator().manual_seed(7)
+    ours, torchs = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    for _ in range(200):
+        logits = 3 * torch.randn(*lead, 20, generator=source)
+        masks = torch.rand(*lead, 20, generator=source) < 0.6
+        logp = masked_log_softmax(logits, masks.to(torch.int8))
+        drawn = torch.multinomial(logp.exp().reshape(-1, 20), 1, generator=torchs)
+        assert torch.equal(sample(logp, ours), drawn.reshape(lead))

@@ -107,9 +107,16 @@ def best_valid(logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def sample(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One action per row of log-probabilities (..., A), drawn from the run's generator."""
+    """One action per row of log-probabilities (..., A), drawn from the run's generator.
+
+    ``torch.multinomial(p, 1)``'s own draw, argmax p / q with q ~ Exp(1): the same
+    actions from the same generator state (``tests/test_encoder.py``), without its
+    checks of p, which stall on a sync each and cost more than the draw on these
+    few rows; p is a softmax here, so they never fail.
+    """
     flat = logp.exp().reshape(-1, logp.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).reshape(logp.shape[:-1])
+    q = torch.empty_like(flat).exponential_(generator=generator)
+    return (flat / q).argmax(-1).reshape(logp.shape[:-1])
 
 
 def sum_of_others(parts: torch.Tensor) -> torch.Tensor:
