@@ -175,7 +175,7 @@ class Mappo:
 
     # -- acting ----------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad
     def act(
         self, obs: np.ndarray, active: np.ndarray, masks: np.ndarray, explore: bool
     ) -> np.ndarray:
