@@ -14,7 +14,7 @@ from llmoffload.display import table
 from llmoffload.files import write_text_atomic
 from llmoffload.model.instance import sample_instance
 from llmoffload.model.network import dbm_to_watt
-from llmoffload.model.scenario import Scenario, load_scenario
+from llmoffload.model.scenario import TIMINGS, Scenario, load_scenario
 
 
 def db(ratio: float) -> float:
@@ -25,6 +25,7 @@ def describe_scenario(sc: Scenario) -> str:
     """Every number of a scenario, and the device-edge rates they imply."""
     net, ch, load = sc.network, sc.network.channel, sc.workload
     latency = {"span": "max EN - min ST + downlink", "arrival": "from the task's arrival"}
+    tokens = sc.compute == "tokens"
     out = [
         f"scenario {sc.name}",
         f"  gamma {sc.gamma:g}, T_max {sc.t_max_s:g} s, latency {sc.latency} "
@@ -32,9 +33,11 @@ def describe_scenario(sc: Scenario) -> str:
         "",
         "servers",
         table(
-            ["name", "kind", "GHz", "$/GHz", "slots", "modalities"],
+            ["name", "kind", "GHz", "$/GHz", "slots", "modalities"]
+            + (["call ms", "prefill ms/token", "decode ms/token"] if tokens else []),
             [
                 [s.name, s.kind, s.ghz, s.usd_per_ghz, s.slots or "any", ", ".join(s.modalities)]
+                + ([f"{getattr(s, f):g}" for f in TIMINGS] if tokens else [])
                 for s in sc.servers
             ],
         ),
@@ -60,15 +63,26 @@ def describe_scenario(sc: Scenario) -> str:
             if load.arrivals_per_s
             else "all at t = 0"
         ),
-        f"  {load.cycles_per_bit:g} CPU cycles per input bit",
+        (
+            "  compute: tokens, a call takes call + prefill x prompt + decode x output "
+            "tokens (ms), priced per GHz-second"
+            if tokens
+            else f"  {load.cycles_per_bit:g} CPU cycles per input bit"
+        ),
         table(
-            ["modality", "input kbit", "output kbit"],
+            ["modality", "input kbit", "output kbit"]
+            + (["prompt tokens", "output tokens"] if tokens else []),
             [
                 [
                     m,
                     f"{s.input_kbit.low:g}-{s.input_kbit.high:g}",
                     f"{s.output_kbit.low:g}-{s.output_kbit.high:g}",
                 ]
+                + (
+                    [f"{r.low}-{r.high}" for r in (s.prompt_tokens, s.output_tokens)]
+                    if tokens
+                    else []
+                )
                 for m, s in load.sizes.items()
             ],
         ),

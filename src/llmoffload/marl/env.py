@@ -28,7 +28,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from llmoffload.model.execution import Execution, Run, Schedule
-from llmoffload.model.instance import Instance, sample_instance
+from llmoffload.model.instance import Instance, Subtask, sample_instance
 from llmoffload.model.scenario import Scenario
 
 Array = TypeVar("Array")  # a numpy array or a torch tensor
@@ -91,7 +91,7 @@ class Layout:
 
     @property
     def node_features(self) -> int:
-        return self.modalities + 5  # real, modality, input, output, cycles, dispatched
+        return self.modalities + 5  # real, modality, input, output, work, dispatched
 
     @property
     def actions(self) -> int:
@@ -308,7 +308,8 @@ class OffloadEnv(ParallelEnv):
         nodes[i, j, 0] = 1.0
         nodes[i, j, 1 + m] = 1.0
         nodes[i, j, -4:-1] = [
-            (sub.input_bits / 1e6, sub.output_bits / 1e4, sub.cycles / 1e9) for *_, sub in subs
+            (sub.input_bits / 1e6, sub.output_bits / 1e4, self._work(t, k, sub))
+            for t, k, sub in subs
         ]
         adj[tuple(np.array(arcs, int).reshape(-1, 3).T)] = 1.0
         self._preds = adj > 0  # [i, p, j]: p -> j in task i
@@ -317,6 +318,13 @@ class OffloadEnv(ParallelEnv):
         self._serves[i, j] = self._serves_modality[m]
         self._dispatched = np.zeros(self._real.shape, bool)  # set by _apply, the one dispatcher
         self._arrival = np.array(self.ex.tables.arrival)
+
+    def _work(self, task: int, subtask: int, sub: Subtask) -> float:
+        """A node's work feature: Gcycles, or with ``compute: tokens`` its compute seconds
+        on the cloud, the one server that runs every modality."""
+        if self.scenario.compute == "tokens":
+            return self.ex.tables.compute[task][subtask][self.scenario.cloud]
+        return sub.cycles / 1e9
 
     def _refresh(self) -> None:
         """Build the observations and masks once per step, for every reader."""

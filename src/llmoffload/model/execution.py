@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from llmoffload.errors import OffloadError
-from llmoffload.model.instance import Instance
+from llmoffload.model.instance import Instance, Subtask
+from llmoffload.model.scenario import Scenario, Server
 
 
 class Dispatch(NamedTuple):
@@ -73,14 +74,45 @@ class Schedule:
         return sum(t.slack < 0 for t in self.tasks)
 
 
-def per_server(
-    amounts: list[float], factors: list[float], serves: list[list[bool]]
-) -> list[list[float | None]]:
+Table = list[list[float | None]]  # per subtask and server; None where it cannot run
+
+
+def per_server(amounts: list[float], factors: list[float], serves: list[list[bool]]) -> Table:
     """amount * factor[s] for every subtask and server, None where s cannot serve it."""
     return [
         [amount * f if ok else None for f, ok in zip(factors, row, strict=True)]
         for amount, row in zip(amounts, serves, strict=True)
     ]
+
+
+def work_tables(
+    sc: Scenario, subtasks: list[Subtask], serves: list[list[bool]]
+) -> tuple[Table, Table]:
+    """Compute seconds and cost of each subtask on each server (docs/model.md §3): its
+    cycles over the server's clock, at its price per 10^9 cycles; or, with ``compute:
+    tokens``, the server's call, prefill and decode time, at its price per GHz-second."""
+    if sc.compute == "tokens":
+        seconds = [
+            [token_seconds(s, sub) if ok else None for s, ok in zip(sc.servers, row, strict=True)]
+            for sub, row in zip(subtasks, serves, strict=True)
+        ]
+        usd_per_second = [s.ghz * s.usd_per_ghz for s in sc.servers]
+        cost = [
+            [None if t is None else t * f for t, f in zip(row, usd_per_second, strict=True)]
+            for row in seconds
+        ]
+        return seconds, cost
+    cycles = [sub.cycles for sub in subtasks]
+    sec_per_cycle = [1 / (s.ghz * 1e9) for s in sc.servers]
+    usd_per_cycle = [s.usd_per_ghz / 1e9 for s in sc.servers]
+    return per_server(cycles, sec_per_cycle, serves), per_server(cycles, usd_per_cycle, serves)
+
+
+def token_seconds(server: Server, sub: Subtask) -> float:
+    """One LLM call's time: the server's overhead, prefill and decode (ms) over the
+    subtask's prompt and output tokens."""
+    ms = server.call_ms + server.prefill_ms_per_token * sub.prompt_tokens
+    return (ms + server.decode_ms_per_token * sub.output_tokens) / 1000
 
 
 class Tables:
@@ -98,14 +130,12 @@ class Tables:
         self.servers = range(len(sc.servers))
         self.sec_per_bit_ee = 1.0 / (sc.network.edge_edge_mbps * 1e6)
         self.sec_per_bit_ec = 1.0 / (sc.network.edge_cloud_mbps * 1e6)
-        sec_per_cycle = [1 / (s.ghz * 1e9) for s in sc.servers]
-        usd_per_cycle = [s.usd_per_ghz / 1e9 for s in sc.servers]
         serving = {m: [m in s.modalities for s in sc.servers] for m in sc.modalities}
         self.preds: list[list[list[int]]] = []
         self.out_bits: list[list[float]] = []
-        self.upload: list[list[list[float | None]]] = []
-        self.compute: list[list[list[float | None]]] = []
-        self.cost: list[list[list[float | None]]] = []
+        self.upload: list[Table] = []
+        self.compute: list[Table] = []
+        self.cost: list[Table] = []
         self.downlink: list[list[float]] = []
         self.uplink_bps: list[list[float]] = []  # device -> each server, for observations
         for task in instance.tasks:
@@ -115,11 +145,11 @@ class Tables:
             self.preds.append([sub.preds for sub in task.subtasks])
             self.out_bits.append([sub.output_bits for sub in task.subtasks])
             bits = [sub.input_bits for sub in task.subtasks]
-            cycles = [sub.cycles for sub in task.subtasks]
             serves = [serving[sub.modality] for sub in task.subtasks]
             self.upload.append(per_server(bits, [1 / r for r in up], serves))
-            self.compute.append(per_server(cycles, sec_per_cycle, serves))
-            self.cost.append(per_server(cycles, usd_per_cycle, serves))
+            compute, cost = work_tables(sc, task.subtasks, serves)
+            self.compute.append(compute)
+            self.cost.append(cost)
             self.downlink.append([task.subtasks[-1].output_bits / down[s] for s in self.servers])
 
     def supports(self, task: int, subtask: int, server: int) -> bool:

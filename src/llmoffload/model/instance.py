@@ -13,13 +13,25 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from llmoffload.errors import OffloadError
-from llmoffload.model.scenario import MAX_TASKS, Model, NonNegative, Positive, Scenario, one_line
+from llmoffload.model.scenario import (
+    MAX_TASKS,
+    Count,
+    Model,
+    NonNegative,
+    Positive,
+    Scenario,
+    Sizes,
+    one_line,
+    optional,
+)
 
 FORMAT = "llmoffload-instance/1"
 
 
 class Subtask(Model):
-    """L_ij = (C_ij, D_ij, M_ij, R_ij) plus its predecessors (indices in the task)."""
+    """L_ij = (C_ij, D_ij, M_ij, R_ij) plus its predecessors (indices in the task), and
+    the tokens its LLM call reads and writes, present exactly when the scenario's
+    compute is ``tokens`` (``cycles`` is then recorded but not used)."""
 
     name: str
     modality: str
@@ -27,6 +39,8 @@ class Subtask(Model):
     output_bits: Positive
     cycles: Positive
     preds: list[Annotated[int, Field(strict=True, ge=0)]] = []
+    prompt_tokens: Count | None = optional()
+    output_tokens: Count | None = optional()
 
 
 class Task(Model):
@@ -73,6 +87,7 @@ class Instance(Model):
     def _fits_scenario(self) -> Instance:
         edges = sum(s.kind == "edge" for s in self.scenario.servers)
         known = set(self.scenario.modalities)
+        tokens = self.scenario.compute == "tokens"
         for i, task in enumerate(self.tasks):
             if len(task.distances_m) != edges:
                 raise ValueError(
@@ -81,6 +96,17 @@ class Instance(Model):
             for sub in task.subtasks:
                 if sub.modality not in known:
                     raise ValueError(f"task {i} subtask '{sub.name}': unknown modality")
+                counted = (sub.prompt_tokens, sub.output_tokens)
+                if tokens and None in counted:
+                    raise ValueError(
+                        f"task {i} subtask '{sub.name}': compute 'tokens' needs its "
+                        "prompt_tokens and output_tokens"
+                    )
+                if not tokens and counted != (None, None):
+                    raise ValueError(
+                        f"task {i} subtask '{sub.name}' has token counts, which only "
+                        "compute 'tokens' uses (its scenario's compute is 'cycles')"
+                    )
             if task.workflow in self.scenario.workflows:
                 shape = self.scenario.workflows[task.workflow].nodes_in_order()
                 if differs := difference(task, shape):
@@ -144,7 +170,9 @@ def sample_instance(
     scenario: Scenario, rng: np.random.Generator, tasks: int | None = None
 ) -> Instance:
     """Draw an episode: each task's workflow uniformly from the workload's list, then,
-    if the workload has an arrival rate, the gaps between arrivals (exponential)."""
+    if the workload has an arrival rate, the gaps between arrivals (exponential), then,
+    with ``compute: tokens``, the token counts. Each extension draws after all that came
+    before it, so a scenario without it draws exactly what it drew before."""
     load = scenario.workload
     count = load.tasks if tasks is None else tasks
     if not 1 <= count <= MAX_TASKS:
@@ -157,7 +185,35 @@ def sample_instance(
             task.model_copy(update={"arrival_s": float(at)})
             for task, at in zip(drawn, arrivals, strict=True)
         ]
+    if scenario.compute == "tokens":
+        drawn = with_tokens(drawn, load.sizes, rng)
     return Instance(scenario=scenario, tasks=drawn)
+
+
+def with_tokens(tasks: list[Task], sizes: dict[str, Sizes], rng: np.random.Generator) -> list[Task]:
+    """The tasks with each subtask's prompt then output token count drawn uniformly from
+    its modality's ranges (integers, both ends included), all in one call."""
+    ranges = [
+        (r.low, r.high)
+        for task in tasks
+        for sub in task.subtasks
+        for r in (sizes[sub.modality].prompt_tokens, sizes[sub.modality].output_tokens)
+    ]
+    low, high = np.array(ranges).T
+    counts = iter(rng.integers(low, high, endpoint=True).tolist())
+    return [
+        task.model_copy(
+            update={
+                "subtasks": [
+                    sub.model_copy(
+                        update={"prompt_tokens": next(counts), "output_tokens": next(counts)}
+                    )
+                    for sub in task.subtasks
+                ]
+            }
+        )
+        for task in tasks
+    ]
 
 
 def load_instance(path: str | Path) -> Instance:

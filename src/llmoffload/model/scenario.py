@@ -13,7 +13,7 @@ from functools import cache
 from graphlib import CycleError, TopologicalSorter
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,6 +28,15 @@ Positive = Annotated[Finite, Field(gt=0)]
 NonNegative = Annotated[Finite, Field(ge=0)]
 Count = Annotated[int, Field(strict=True, gt=0)]
 MAX_TASKS = 10_000  # per instance: far past any episode trained on, short of a typo's 10^9
+# What compute: tokens needs on every server, and on every modality of the workload.
+TIMINGS = ("call_ms", "prefill_ms_per_token", "decode_ms_per_token")
+TOKEN_RANGES = ("prompt_tokens", "output_tokens")
+
+
+def optional() -> Any:
+    """A field that defaults to None and is left out of dumps while None: files (and the
+    sweep's cache keys) of models that do not use it stay as they were, byte for byte."""
+    return Field(None, exclude_if=lambda value: value is None)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -74,12 +83,21 @@ class Range(Model):
         return self
 
 
+class TokenRange(Range):
+    """A closed interval of token counts, drawn from uniformly as integers."""
+
+    low: Count
+    high: Count
+
+
 class Server(Model):
     """An edge server with a light LLM, or the cloud with the multimodal one.
 
     ``slots``: how many subtasks it runs at once, each at full speed, the rest
     queued in dispatch order. An edge runs one at a time (paper §3.2), the paper's
     cloud any number (``null``); a cloud with ``slots: K`` is one with K replicas.
+    ``call_ms``, ``prefill_ms_per_token``, ``decode_ms_per_token``: its LLM's time per
+    call, per prompt token and per generated token, for ``compute: tokens`` only.
     """
 
     name: str
@@ -88,6 +106,9 @@ class Server(Model):
     usd_per_ghz: NonNegative
     modalities: list[str] = Field(min_length=1)
     slots: Count | None = None
+    call_ms: NonNegative | None = optional()
+    prefill_ms_per_token: NonNegative | None = optional()
+    decode_ms_per_token: NonNegative | None = optional()
 
     @model_validator(mode="before")
     @classmethod
@@ -150,10 +171,13 @@ class Network(Model):
 
 
 class Sizes(Model):
-    """Input and output data sizes of one modality's subtasks, in kbit."""
+    """Input and output data sizes of one modality's subtasks, in kbit, and, for
+    ``compute: tokens`` only, its prompt and output token counts."""
 
     input_kbit: Range
     output_kbit: Range
+    prompt_tokens: TokenRange | None = optional()
+    output_tokens: TokenRange | None = optional()
 
 
 class Workflow(Model):
@@ -251,9 +275,18 @@ class Reward(Model):
 
 
 class Scenario(Model):
-    """Everything needed to sample instances and evaluate schedules."""
+    """Everything needed to sample instances and evaluate schedules.
+
+    ``compute``: how a subtask's compute time is modelled (docs/model.md §3):
+    ``cycles``, its CPU cycles over the server's clock (the paper's); ``tokens``, the
+    server's per-call, per-prompt-token and per-output-token times, which every server
+    and every modality's token ranges must then give.
+    """
 
     name: str = "custom"
+    compute: Literal["cycles", "tokens"] = Field(
+        "cycles", exclude_if=lambda value: value == "cycles"
+    )
     gamma: Annotated[Finite, Field(ge=0, le=1)] = 0.5
     t_max_s: Positive = 3.0
     latency: Literal["span", "arrival"] = "span"
@@ -315,10 +348,29 @@ class Scenario(Model):
         for name in self.workload.workflows:
             if name not in self.workflows:
                 raise ValueError(f"workload names unknown workflow '{name}'")
+        return self._fits_compute()
+
+    def _fits_compute(self) -> Scenario:
+        """Token timings and ranges on every server and modality with ``compute: tokens``,
+        on none without it (a timing the model would ignore is a mistake to report)."""
+        tokens = self.compute == "tokens"
+        holders = [(f"server '{s.name}'", s, TIMINGS) for s in self.servers] + [
+            (f"modality '{m}'", sizes, TOKEN_RANGES) for m, sizes in self.workload.sizes.items()
+        ]
+        for what, holder, fields in holders:
+            given = [f for f in fields if getattr(holder, f) is not None]
+            missing = [f for f in fields if f not in given]
+            if tokens and missing:
+                raise ValueError(f"compute 'tokens': {what} needs {', '.join(missing)}")
+            if not tokens and given:
+                raise ValueError(
+                    f"{what} gives {', '.join(given)}, which only compute 'tokens' uses "
+                    "(this scenario's compute is 'cycles')"
+                )
         return self
 
 
-BUILTIN = ("paper", "dear-cloud", "slow-uplink", "contended")
+BUILTIN = ("paper", "dear-cloud", "slow-uplink", "contended", "tokens")
 REWARD_FORMS = get_args(Reward.model_fields["form"].annotation)
 
 

@@ -13,7 +13,22 @@ from collections.abc import Callable
 
 from llmoffload.errors import OffloadError
 from llmoffload.model.execution import Run, Schedule
-from llmoffload.model.instance import Instance
+from llmoffload.model.instance import Instance, Subtask
+from llmoffload.model.scenario import Scenario, Server
+
+
+def work(sc: Scenario, sub: Subtask, server: Server) -> tuple[float, float]:
+    """(compute seconds, cost) of ``sub`` on ``server``, from the raw fields
+    (docs/model.md §3): cycles over the clock, or the call's overhead, prefill and decode
+    in ms with ``compute: tokens``; the price is per 10^9 cycles, or per GHz-second."""
+    if sc.compute == "tokens":
+        ms = (
+            server.call_ms
+            + sub.prompt_tokens * server.prefill_ms_per_token
+            + sub.output_tokens * server.decode_ms_per_token
+        )
+        return ms / 1000, ms / 1000 * server.ghz * server.usd_per_ghz
+    return sub.cycles / (server.ghz * 1e9), sub.cycles / 1e9 * server.usd_per_ghz
 
 
 def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> list[str]:
@@ -76,8 +91,7 @@ def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> lis
         if sub.modality not in server.modalities:
             problems.append(f"{where}: server '{server.name}' cannot serve '{sub.modality}'")
         upload = sub.input_bits / rates[r.task][0][r.server]
-        compute = sub.cycles / (server.ghz * 1e9)
-        cost = sub.cycles / 1e9 * server.usd_per_ghz
+        compute, cost = work(sc, sub, server)
         for field, got, want in (
             ("upload", r.upload, upload),
             ("compute", r.compute, compute),
@@ -178,7 +192,7 @@ def _task_problems(
             max(r.end for r in mine) - first + task.subtasks[-1].output_bits / down[last.server]
         )
         cost = sum(
-            sub.cycles / 1e9 * sc.servers[r.server].usd_per_ghz
+            work(sc, sub, sc.servers[r.server])[1]
             for sub, r in zip(task.subtasks, mine, strict=True)
             if 0 <= r.server < len(sc.servers)
         )
