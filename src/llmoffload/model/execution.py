@@ -126,6 +126,8 @@ class Tables:
         self.from_arrival = sc.latency == "arrival"
         self.cloud = sc.cloud
         self.slots = [s.slots for s in sc.servers]  # None: no limit
+        # when each slot is first free: work queued before t = 0, or 0
+        self.busy = instance.busy_s or [[0.0] * (k or 0) for k in self.slots]
         self.arrival = [task.arrival_s for task in instance.tasks]
         self.servers = range(len(sc.servers))
         self.sec_per_bit_ee = 1.0 / (sc.network.edge_edge_mbps * 1e6)
@@ -176,8 +178,8 @@ class Execution:
         self.end = [[0.0] * n for n in sizes]
         self.left = list(sizes)
         # when each slot of each limited server frees up, and the first of them per server
-        self.slot_free = [[0.0] * k if k else [] for k in self.tables.slots]
-        self.free = [0.0] * len(self.tables.servers)
+        self.slot_free = [list(times) for times in self.tables.busy]
+        self.free = [min(times, default=0.0) for times in self.slot_free]
         self.runs: list[Run] = []
 
     @property

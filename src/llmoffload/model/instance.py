@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from llmoffload.errors import OffloadError
 from llmoffload.model.scenario import (
@@ -77,11 +83,16 @@ class Instance(Model):
     ``sample_task`` draws them. A task naming a workflow the scenario lacks is made by
     hand (tests, calibration probes) and held to its own shape only; an instance file
     may not hold one (``load_instance``).
+
+    ``busy_s`` (optional) is work already queued before t = 0: per server, when each of
+    its slots frees, one time per slot (an edge: one), none for a server without a slot
+    limit. Absent, every slot is free at 0 and the instance dumps as before.
     """
 
     format: str = FORMAT
     scenario: Scenario
     tasks: list[Task] = Field(min_length=1, max_length=MAX_TASKS)
+    busy_s: list[list[NonNegative]] | None = None
 
     @model_validator(mode="after")
     def _fits_scenario(self) -> Instance:
@@ -111,7 +122,22 @@ class Instance(Model):
                 shape = self.scenario.workflows[task.workflow].nodes_in_order()
                 if differs := difference(task, shape):
                     raise ValueError(f"task {i} (workflow '{task.workflow}'): {differs}")
+        if self.busy_s is not None:
+            slots = [s.slots or 0 for s in self.scenario.servers]
+            if [len(times) for times in self.busy_s] != slots:
+                raise ValueError(
+                    f"busy_s needs one time per slot of each server, {slots} "
+                    "(none for a server without a slot limit)"
+                )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_busy(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """Leave ``busy_s`` out when absent, so an instance without it dumps as before."""
+        data = handler(self)
+        if self.busy_s is None:
+            del data["busy_s"]
+        return data
 
     def dumps(self) -> str:
         return self.model_dump_json(indent=1) + "\n"

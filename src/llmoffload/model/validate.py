@@ -78,7 +78,9 @@ def violations(instance: Instance, schedule: Schedule, tol: float = 1e-9) -> lis
         return bits / (net.edge_edge_mbps * 1e6)
 
     # Each run on its own, then against its predecessors and its server's queue.
-    ends: dict[int, list[float]] = {}  # server -> ends of the runs dispatched to it so far
+    # server -> ends of the runs dispatched to it so far; work queued before t = 0
+    # (``busy_s``) counts as runs that end when their slots free
+    ends = {k: list(times) for k, times in enumerate(instance.busy_s or [])}
     for k, r in enumerate(runs):
         if position.get((r.task, r.subtask)) != k:
             continue  # out of range or a repeat: reported above

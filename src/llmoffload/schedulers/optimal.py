@@ -7,7 +7,8 @@ measured span by idling its first subtask, which no dispatch sequence can do.
 So the model pins each start exactly::
 
     start = max(data-ready time WT (never before the task arrives),
-                end of the previous subtask in its slot)
+                end of the previous subtask in its slot, or when the slot
+                frees (the instance's ``busy_s``, else 0) for its first)
 
 with each slot's order given by a circuit (AddCircuit) over the subtasks placed
 there (an edge has one slot; a cloud with K slots K circuits, each subtask in
@@ -120,8 +121,9 @@ def solve(
         for s in where[i, j]
     }
     arrival = [tick(a) for a in t.arrival]
+    busy = [[tick(b) for b in times] for times in t.busy]
     horizon = (
-        max(arrival)
+        max(arrival + [b for times in busy for b in times])
         + sum(max(dur[i, j, s] for s in where[i, j]) for i, j in subtasks)
         + sum(tick(b * t.sec_per_bit_ec) + 1 for out in t.out_bits for b in out)
     )
@@ -170,7 +172,8 @@ def solve(
             for k in here:
                 m.add(sum(lit[k, q] for q in range(slots)) == x[(*k, s)])
         for q in range(slots):
-            circuit(m, [(k, lit[k, q]) for k in here], start, end, prev, dur, s, anc)
+            members = [(k, lit[k, q]) for k in here]
+            circuit(m, members, start, end, prev, dur, s, busy[s][q], anc)
 
     # Objective: gamma T_i + (1 - gamma) Cost_i, with T_i = max EN - min ST + downlink.
     gw = round(t.gamma * WEIGHT_SCALE)
@@ -222,10 +225,12 @@ def circuit(
     prev: dict,
     dur: dict,
     server: int,
+    free: int,
     anc: list[set[int]],
 ) -> None:
     """One slot's order: a circuit through a depot over the subtasks whose literal is
-    true; each starts no earlier than the end of the one before it (``prev``)."""
+    true; each starts no earlier than the end of the one before it (``prev``), the first
+    no earlier than the slot frees (``free``: work queued before t = 0)."""
     empty = m.new_bool_var("")
     arcs = [(0, 0, empty)]
     intervals = []
@@ -234,7 +239,7 @@ def circuit(
         arcs.append((a, a, here.Not()))
         first = m.new_bool_var("")
         arcs += [(0, a, first), (a, 0, m.new_bool_var(""))]
-        m.add(prev[i, j] == 0).only_enforce_if(first)
+        m.add(prev[i, j] == free).only_enforce_if(first)
         intervals.append(
             m.new_optional_fixed_size_interval_var(start[i, j], dur[i, j, server], here, "")
         )
