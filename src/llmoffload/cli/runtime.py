@@ -155,6 +155,13 @@ def serve_cmd(
         float,
         typer.Option(min=0.001, help="Seconds a request may run; then 504, its calls cancelled."),
     ] = 120.0,
+    plan: Annotated[
+        str,
+        typer.Option(
+            help="together: plan each request around the work queued before it, edges FIFO "
+            "across requests; alone: each as if the servers were idle."
+        ),
+    ] = "together",
 ) -> None:
     """Serve the deployment over HTTP: POST /v1/requests, GET /health."""
     require_extra()
@@ -164,8 +171,12 @@ def serve_cmd(
     from llmoffload.runtime.executor import planner
     from llmoffload.runtime.service import create_app
 
+    if plan not in ("together", "alone"):
+        raise OffloadError(f"--plan must be together or alone, not '{plan}'")
     bound = load_deployment(deployment)
-    app = create_app(bound, planner(policy, bound), capacity, timeout_s=timeout)
+    app = create_app(
+        bound, planner(policy, bound), capacity, timeout_s=timeout, together=plan == "together"
+    )
     check_free(host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

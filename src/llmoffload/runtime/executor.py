@@ -2,9 +2,12 @@
 
 One batch of concurrent requests becomes one ``Instance`` (sizes from the real prompts),
 the policy's dispatch order becomes the plan, and the execution model's schedule of that
-order is the prediction every real step is traced beside. Each edge runs its subtasks one
-at a time in dispatch order (one worker per edge, holding the edge's slot while it calls);
-cloud subtasks run as soon as their inputs are ready, up to the endpoint's concurrency.
+order is the prediction every real step is traced beside. Planned together (the
+default), a batch is planned against the work earlier batches still have queued (the
+executor's ``Ledger``, as the instance's ``busy_s``) and each edge runs its subtasks in
+the order they were planned, across batches; planned alone, a batch sees idle servers
+and keeps that order only among its own subtasks. Cloud subtasks run as soon as their
+inputs are ready, up to the endpoint's concurrency.
 A subtask whose endpoint refuses, times out or answers garbage is retried on the cloud,
 then on any other server serving its modality; a server that failed is skipped for the
 rest of the batch. Everything is asyncio on one ``httpx.AsyncClient``: no thread per call;
@@ -15,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import numpy as np
@@ -25,10 +27,11 @@ from pydantic import field_validator
 
 from llmoffload.errors import OffloadError
 from llmoffload.experiments.policies import resolve_policy
-from llmoffload.model.execution import Dispatch, Run, Schedule
+from llmoffload.model.execution import Dispatch, Execution, Schedule
 from llmoffload.model.instance import Instance, Subtask, Task
 from llmoffload.model.scenario import Model
 from llmoffload.runtime.deployment import Bound, Deployment, Endpoint
+from llmoffload.runtime.ledger import Booking, Ledger
 
 BYTES_PER_TOKEN = 4  # a completion's expected size: max_tokens tokens of about 4 UTF-8 bytes
 
@@ -153,8 +156,11 @@ def stage(has_preds: bool, is_last: bool) -> str:
     return "aggregation" if is_last else "subtask"
 
 
-def build_instance(bound: Bound, requests: list[Request]) -> Instance:
-    """The instance the policy plans: one task per request, sizes from the real prompts.
+def build_instance(
+    bound: Bound, requests: list[Request], busy_s: list[list[float]] | None = None
+) -> Instance:
+    """The instance the policy plans: one task per request, sizes from the real prompts,
+    and the servers' queued work (``busy_s``) if given.
 
     A subtask's input is its prompt without predecessors' outputs (known now) plus the
     outputs it will receive, each estimated as max_tokens * BYTES_PER_TOKEN bytes; its
@@ -196,7 +202,18 @@ def build_instance(bound: Bound, requests: list[Request]) -> Instance:
                 )
             )
         tasks.append(Task(workflow=req.workflow, distances_m=bound.distances_m, subtasks=subtasks))
-    return Instance(scenario=sc, tasks=tasks)
+    return Instance(scenario=sc, tasks=tasks, busy_s=busy_s)
+
+
+def ready_times(instance: Instance, order: list[Dispatch]) -> dict[tuple[int, int], float]:
+    """Each subtask's data-ready time WT in the plan (docs/model.md §3): the ledger starts
+    a queued subtask when its slot frees or its inputs are in, so it moves with reality."""
+    ex = Execution(instance)
+    ready = {}
+    for d in order:
+        ready[d.task, d.subtask] = ex.ready_time(*d)
+        ex.dispatch(*d)
+    return ready
 
 
 def render(template: str, request: Request, node: str, modality: str, context: str) -> str:
@@ -246,13 +263,20 @@ class Executor:
         plan: Planner,
         client: httpx.AsyncClient,
         on_attempt: Callable[[Step, Attempt], None] | None = None,
+        together: bool = True,
     ) -> None:
-        """``on_attempt`` sees every call as it ends (progress output, fault injection)."""
+        """``on_attempt`` sees every call as it ends (progress output, fault injection);
+        ``together``: plan and queue each batch behind the work of the batches before it
+        (one ledger for all), else as if the servers were idle (a ledger per batch)."""
         self.bound = bound
         self.plan = plan
         self.client = client
         self.on_attempt = on_attempt
         self.slots = [asyncio.Semaphore(c) for c in bound.concurrency]
+        self.ledger = self.new_ledger() if together else None
+
+    def new_ledger(self) -> Ledger:
+        return Ledger([s.slots for s in self.bound.scenario.servers])
 
     async def call(self, server: int, prompt: str) -> Reply:
         return await complete(
@@ -263,11 +287,13 @@ class Executor:
         """Plan the requests together, run them, and trace every subtask."""
         if not requests:
             raise OffloadError("no requests to run")
-        instance = build_instance(self.bound, requests)
-        began = time.perf_counter()
+        began = time.perf_counter()  # the plan's t = 0; no await until it is booked
+        busy = None if self.ledger is None else self.ledger.busy_s(began)
+        instance = build_instance(self.bound, requests, busy)
         schedule = self.plan(instance)
         plan_s = time.perf_counter() - began
-        batch = BatchRun(self, instance, requests, schedule)
+        ledger = self.ledger or self.new_ledger()
+        batch = BatchRun(self, instance, requests, schedule, ledger, began)
         await batch.execute()
         steps = [batch.steps[d.task, d.subtask] for d in schedule.order]
         results = []
@@ -284,62 +310,60 @@ class Executor:
 
 
 class BatchRun:
-    """The state of one batch while it runs: outputs as futures, failed servers, the clock.
+    """The state of one batch while it runs: outputs as futures, failed servers, the clock,
+    and its bookings in the ledger (``origin``: the plan's t = 0, in perf_counter seconds).
 
     Made inside the event loop, right before ``execute``: its clock starts at creation.
     """
 
     def __init__(
-        self, ex: Executor, instance: Instance, requests: list[Request], schedule: Schedule
+        self,
+        ex: Executor,
+        instance: Instance,
+        requests: list[Request],
+        schedule: Schedule,
+        ledger: Ledger,
+        origin: float,
     ) -> None:
         self.ex = ex
         self.instance = instance
         self.requests = requests
+        self.ledger = ledger
         self.order: list[Dispatch] = schedule.order
-        runs: dict[tuple[int, int], Run] = {(r.task, r.subtask): r for r in schedule.runs}
-        self.steps = {
-            key: Step(
-                r.task,
-                r.subtask,
-                instance.tasks[r.task].subtasks[r.subtask].name,
-                r.server,
-                r.start,
-                r.end,
+        ready = ready_times(instance, self.order)
+        self.steps: dict[tuple[int, int], Step] = {}
+        self.bookings: dict[tuple[int, int], Booking | None] = {}
+        for r in schedule.runs:  # in dispatch order: the order of each slot's queue
+            key = (r.task, r.subtask)
+            name = instance.tasks[r.task].subtasks[r.subtask].name
+            self.steps[key] = Step(r.task, r.subtask, name, r.server, r.start, r.end)
+            self.bookings[key] = ledger.book(
+                r.server, origin + ready[key], r.upload + r.compute, origin
             )
-            for key, r in runs.items()
-        }
         loop = asyncio.get_running_loop()
         self.outputs = {key: loop.create_future() for key in self.steps}
         self.down: set[int] = set()
-        self.spawned: list[asyncio.Task[None]] = []
         self.t0 = time.perf_counter()
 
     def clock(self) -> float:
         return time.perf_counter() - self.t0
 
     async def execute(self) -> None:
-        """Start a worker per edge and a job per cloud subtask; wait for every subtask."""
-        sc = self.instance.scenario
-        for k, server in enumerate(sc.servers):
-            mine = [d for d in self.order if d.server == k]
-            if server.kind == "edge":
-                self.spawn(self.edge_worker(k, mine))
-            else:
-                for d in mine:
-                    self.spawn(self.cloud_job(d))
+        """Start a job per subtask; wait for every one."""
+        jobs = [asyncio.ensure_future(self.job(d)) for d in self.order]
         try:
-            finished = 0
-            while finished < len(self.spawned):  # failed calls spawn retries while others run
-                finished = len(self.spawned)
-                await asyncio.gather(*self.spawned)
+            await asyncio.gather(*jobs)
         finally:  # cancelled (the request timed out, its client left): stop every call
-            for job in self.spawned:
+            for job in jobs:
                 job.cancel()
+            for booking in self.bookings.values():  # and free every slot it still held
+                self.release(booking)
         # every output is now set; collect the failures so none is reported as unretrieved
         await asyncio.gather(*self.outputs.values(), return_exceptions=True)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.spawned.append(asyncio.ensure_future(coro))
+    def release(self, booking: Booking | None) -> None:
+        if booking is not None:
+            self.ledger.finish(booking)
 
     async def inputs(self, d: Dispatch) -> str | None:
         """The predecessors' outputs as prompt context; None if one of them failed."""
@@ -368,20 +392,30 @@ class BatchRun:
         return [k for k in [sc.cloud, *others] if k != d.server]
 
     async def attempt(self, d: Dispatch, server: int, prompt: str) -> bool:
-        """Call one server for one subtask (holding its slot); record the outcome."""
+        """Call one server for one subtask, on the planned server once its turn in the
+        slot's queue comes (a retry elsewhere was not planned: it has no turn), holding
+        the endpoint's slot while it calls; record the outcome."""
         step = self.steps[d.task, d.subtask]
+        booking = self.bookings[d.task, d.subtask] if server == d.server else None
+        if booking is not None:
+            await booking.first.wait()
         if server in self.down:
+            self.release(booking)
             now = self.clock()
             self.record(step, Attempt(server, now, now, "skipped: failed earlier in batch"))
             return False
         async with self.ex.slots[server]:
             start = self.clock()
+            if booking is not None:
+                booking.started = self.t0 + start
             try:
                 reply = await self.ex.call(server, prompt)
             except EndpointError as exc:
                 self.down.add(server)
                 self.record(step, Attempt(server, start, self.clock(), str(exc)))
                 return False
+            finally:
+                self.release(booking)
             end = self.clock()
         step.output = reply.text
         step.prompt_tokens, step.completion_tokens = reply.prompt_tokens, reply.completion_tokens
@@ -403,20 +437,12 @@ class BatchRun:
     def fail(self, d: Dispatch) -> None:
         self.outputs[d.task, d.subtask].set_exception(EndpointError("no server could run it"))
 
-    async def edge_worker(self, server: int, queue: list[Dispatch]) -> None:
-        """Run an edge's subtasks one at a time, in dispatch order; hand failures on."""
-        for d in queue:
-            context = await self.inputs(d)
-            if context is None:
-                self.fail(d)
-                continue
-            prompt = self.prompt(d, context)
-            if not await self.attempt(d, server, prompt):
-                self.spawn(self.retry(d, prompt))
-
-    async def cloud_job(self, d: Dispatch) -> None:
+    async def job(self, d: Dispatch) -> None:
+        """One subtask: its inputs, then its planned server, then the fallbacks. One whose
+        predecessor failed fails at once and leaves its slot's queue."""
         context = await self.inputs(d)
         if context is None:
+            self.release(self.bookings[d.task, d.subtask])
             self.fail(d)
             return
         prompt = self.prompt(d, context)

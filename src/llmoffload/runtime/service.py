@@ -3,8 +3,11 @@
 ``POST /v1/requests`` takes ``{"workflow": ..., "text": ...}`` and answers with the
 aggregation node's completion and the per-subtask trace. Each request is planned and run
 as its own batch; all batches share one executor, so edges stay one-at-a-time across
-them. At most ``capacity`` requests are admitted at once (running or waiting for an
-edge); one more is answered 503 at once rather than queued without bound.
+them. Planned together (the default), each request is planned on arrival against the
+work the earlier ones still have queued, and each edge serves subtasks in the order they
+were planned; planned alone, each as if the servers were idle (``Executor``). At most
+``capacity`` requests are admitted at once (running or waiting for an edge); one more is
+answered 503 at once rather than queued without bound.
 
 Nothing a client sends may keep the endpoints busy after it stopped waiting: a body over
 ``max_body`` bytes is refused (413) before it is read, a prompt over the deployment's
@@ -90,6 +93,7 @@ def create_app(
     capacity: int = 8,
     max_body: int = MAX_BODY_BYTES,
     timeout_s: float = TIMEOUT_S,
+    together: bool = True,
 ) -> FastAPI:
     """The FastAPI application for one deployment and policy."""
     admitted = 0
@@ -101,7 +105,7 @@ def create_app(
         nonlocal client, executor
         limits = httpx.Limits(max_connections=max(64, 2 * sum(bound.concurrency)))
         async with httpx.AsyncClient(limits=limits) as client:
-            executor = Executor(bound, plan, client)
+            executor = Executor(bound, plan, client, together=together)
             yield
 
     app = FastAPI(title="llmoffload", lifespan=lifespan)
