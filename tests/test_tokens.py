@@ -29,12 +29,12 @@ from test_properties import floats, scenarios, tasks
 
 from llmoffload.marl.env import OffloadEnv, layout_of
 from llmoffload.model.execution import Execution, Tables, evaluate
-from llmoffload.schedulers.heuristics import valid_dispatches
 from llmoffload.model.instance import Instance, Subtask, Task, load_instance, sample_instance
-from llmoffload.schedulers.optimal import solve
 from llmoffload.model.scenario import Scenario, load_scenario
-from llmoffload.schedulers.registry import SCHEDULERS
 from llmoffload.model.validate import check, violations
+from llmoffload.schedulers.heuristics import valid_dispatches
+from llmoffload.schedulers.optimal import solve
+from llmoffload.schedulers.registry import SCHEDULERS
 
 TOKENS = load_scenario("tokens")
 TEXT, IMAGE, CLOUD = 0, 1, 3
