@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from llmoffload.cli.runtime import fitted_timing
 from llmoffload.runtime.calibrate import Sample, fit, measure, prediction_error, trace_error
 from llmoffload.runtime.deployment import Bound, load_deployment
 from llmoffload.runtime.executor import Batch, Executor, Request, planner
@@ -120,8 +121,8 @@ def calibration(bound: Bound, rounds: int) -> list[list[str]]:
             statistics.fmean(trace_error(b, fitted) for b in batches),
         ],
     ]
-    speeds = ", ".join(f"{s.name} {s.ghz:.3g} GHz" for s in fitted.servers)
-    print(f"fitted speeds: {speeds}")
+    for server in fitted.servers:
+        print(f"fitted {server.name}: {fitted_timing(server, fitted.compute)}")
     return [[name, f"{b * 1e3:.2f}", f"{a * 1e3:.2f}"] for name, b, a in rows]
 
 

@@ -32,6 +32,8 @@ from llmoffload.model.execution import Execution, Tables, evaluate
 from llmoffload.model.instance import Instance, Subtask, Task, load_instance, sample_instance
 from llmoffload.model.scenario import Scenario, load_scenario
 from llmoffload.model.validate import check, violations
+from llmoffload.runtime.deployment import load_deployment
+from llmoffload.runtime.executor import Request, build_instance
 from llmoffload.schedulers.heuristics import valid_dispatches
 from llmoffload.schedulers.optimal import solve
 from llmoffload.schedulers.registry import SCHEDULERS
@@ -353,8 +355,21 @@ def test_schedule_refuses_a_tokens_instance_without_counts(tmp_path: Path) -> No
     )
 
 
-def test_the_runtime_refuses_a_tokens_scenario(tmp_path: Path) -> None:
+def test_the_runtime_sizes_a_request_in_tokens(tmp_path: Path) -> None:
+    """A subtask's prompt is its rendered prompt at 4 bytes a token plus max_tokens per
+    predecessor output; its output is max_tokens; the plan's compute follows the tokens."""
     example = Path(__file__).parents[1] / "examples" / "deployment.yaml"
     path = tmp_path / "deployment.yaml"
     path.write_text(example.read_text().replace("scenario: paper ", "scenario: tokens "))
-    assert_refused(cli("deployment", "validate", path), "scenario 'tokens' has compute 'tokens'")
+    bound = load_deployment(path)
+    text, cap = "Is the valve open?", bound.deployment.max_tokens
+    instance = build_instance(bound, [Request(workflow="vqa", text=text)])
+    (task,) = instance.tasks
+    analysis = f"Plan the steps for this request.\nRequest: {text}\n"  # the default template
+    assert task.subtasks[0].prompt_tokens == math.ceil(len(analysis.encode()) / 4)
+    for s in task.subtasks:
+        assert s.prompt_tokens == math.ceil(s.input_bits / 32)  # bytes / 4, outputs in
+        assert s.prompt_tokens >= cap * len(s.preds) and s.output_tokens == cap
+    edge = bound.scenario.servers[0]
+    ms = edge.call_ms + edge.prefill_ms_per_token * task.subtasks[0].prompt_tokens
+    assert Tables(instance).compute[0][0][0] == approx((ms + edge.decode_ms_per_token * cap) / 1e3)

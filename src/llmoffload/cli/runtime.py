@@ -19,13 +19,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 import yaml
 from pydantic import ValidationError
 
+from llmoffload.display import table
 from llmoffload.errors import OffloadError
 from llmoffload.files import write_text_atomic
-from llmoffload.model.scenario import one_line
+from llmoffload.model.scenario import Server, one_line
 
 if TYPE_CHECKING:
     from llmoffload.runtime.calibrate import Sample
@@ -110,37 +112,68 @@ def run_cmd(
 def calibrate_cmd(
     deployment: DeploymentOption,
     out: Annotated[Path, typer.Option("--out", help="Scenario YAML to write.")],
-    rounds: Annotated[int, typer.Option(min=1, help="Calls per endpoint and prompt size.")] = 3,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Calls per endpoint, prompt length and output length.")
+    ] = 3,
+    compute: Annotated[
+        str,
+        typer.Option(
+            help="tokens: fit each server's per-call, per-prompt-token and per-output-token "
+            "times; cycles: fit its clock (the paper's model)."
+        ),
+    ] = "tokens",
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the probe prompts' words.")] = 0,
 ) -> None:
-    """Measure every endpoint and write a scenario whose server speeds fit them."""
+    """Measure every endpoint and write a scenario whose server timings fit them."""
     require_extra()
     import httpx
 
-    from llmoffload.runtime.calibrate import fit, measure, prediction_error
+    from llmoffload.runtime.calibrate import fit, measure, relative_errors
     from llmoffload.runtime.deployment import load_deployment
     from llmoffload.runtime.executor import EndpointError
 
+    if compute not in ("tokens", "cycles"):
+        raise OffloadError(f"--compute must be tokens or cycles, not '{compute}'")
     bound = load_deployment(deployment)
 
     async def go() -> tuple[list[Sample], list[Sample]]:
         async with httpx.AsyncClient() as client:
-            return await measure(client, bound, rounds), await measure(client, bound, rounds)
+            fitting = await measure(client, bound, rounds, seed)
+            return fitting, await measure(client, bound, rounds, seed + 1)
 
     try:
         fitting, held_out = asyncio.run(go())
     except EndpointError as exc:
         raise OffloadError(f"calibration needs every endpoint up: {exc}") from None
-    fitted = fit(bound, fitting)
+    fitted = fit(bound, fitting, compute)
     write_text_atomic(out, yaml.safe_dump(fitted.model_dump(), sort_keys=False))
-    before = prediction_error(bound.scenario, bound, held_out)
-    after = prediction_error(fitted, bound, held_out)
-    typer.echo(f"wrote {out}: scenario {fitted.name}")
-    for default, server in zip(bound.scenario.servers, fitted.servers, strict=True):
-        typer.echo(f"  {server.name}: {default.ghz:g} GHz -> {server.ghz:.4g} GHz")
+    typer.echo(f"wrote {out}: scenario {fitted.name} (compute: {compute})")
+    before = relative_errors(bound.scenario, bound, held_out)
+    after = relative_errors(fitted, bound, held_out)
+    rows = [
+        [s.name, fitted_timing(s, compute), *spread(b), *spread(a)]
+        for s, b, a in zip(fitted.servers, before, after, strict=True)
+    ]
     typer.echo(
-        f"mean |measured - predicted| per call on {len(held_out)} held-out calls: "
-        f"{before * 1e3:.2f} ms before, {after * 1e3:.2f} ms after"
+        f"|predicted - measured| / measured on {len(held_out)} held-out calls "
+        f"(median, p90), {bound.scenario.name} -> {fitted.name}:"
     )
+    header = ["server", "fitted", "median before", "p90 before", "median after", "p90 after"]
+    typer.echo(table(header, rows))
+
+
+def fitted_timing(server: Server, compute: str) -> str:
+    if compute == "cycles":
+        return f"{server.ghz:.4g} GHz"
+    return (
+        f"{server.call_ms:.3g} ms + {server.prefill_ms_per_token:.3g} ms/prompt token "
+        f"+ {server.decode_ms_per_token:.3g} ms/output token"
+    )
+
+
+def spread(errors: np.ndarray) -> list[str]:
+    """Median and 90th percentile of relative errors, as percentages."""
+    return [f"{np.quantile(errors, q):.1%}" for q in (0.5, 0.9)]
 
 
 def serve_cmd(

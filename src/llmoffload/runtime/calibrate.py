@@ -1,12 +1,24 @@
-"""Calibration: fit each server's speed to its endpoint, so simulation matches the deployment.
+"""Calibration: fit each server's timing to its endpoint, so simulation matches the deployment.
 
-The execution model predicts a subtask's time on server s as ``D / r_up(s) + c D / f_s``
-(upload plus compute, c cycles per bit). Calibration sends each endpoint prompts of a few
-sizes, measures each call's wall time t, and fits the one free number per server, its
-clock f_s, by least squares through the origin on the compute part ``t - D / r_up(s)``.
+The execution model predicts a subtask's time on server s as upload plus compute
+(docs/model.md §3). Calibration sends each endpoint prompts of several lengths, asking
+for several output lengths, measures each call's wall time t and token counts, and
+fits the compute part ``t - D / r_up(s)`` per server:
+
+- ``tokens`` (the default): ``call + prefill P + decode O`` ms, P and O the call's prompt
+  and output tokens. From the server's own prefill and decode milliseconds where it
+  reports them (llama.cpp's ``timings``): prefill and decode are their totals over the
+  tokens, the per-call overhead the median of what the wall time leaves. Otherwise
+  (OpenAI-compatible servers without them) by non-negative least squares of the wall
+  times on (1, P, O).
+- ``cycles`` (the paper's model): the clock f_s, by least squares through the origin
+  of the compute part on ``c D``; output length does not enter it.
+
 The link rates stay the scenario's: a loopback or LAN test cannot measure a wireless
-uplink, and the compute slope absorbs what the rates do not explain. Prediction error is
-the mean absolute difference between measured and predicted per-subtask times.
+uplink. Every probe prompt is new (words drawn from one seeded generator), so a
+server's prompt cache cannot skip a prefill the model counts. Errors are measured on a
+second, held-out set of calls: per server, the median and 90th percentile of
+|predicted - measured| / measured.
 """
 
 from __future__ import annotations
@@ -15,42 +27,66 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 
 from llmoffload.model.execution import evaluate
 from llmoffload.model.instance import Instance, Subtask, Task
-from llmoffload.model.scenario import Scenario, parse_scenario
+from llmoffload.model.scenario import TIMINGS, Scenario, parse_scenario
 from llmoffload.runtime.deployment import Bound
-from llmoffload.runtime.executor import Batch, EndpointError, complete
+from llmoffload.runtime.executor import Batch, EndpointError, Step, complete, token_counts
 
-PROMPT_WORDS = (2, 8, 24)  # 16 to 192 bytes: the sizes of the default templates' prompts
+PROMPT_WORDS = (2, 12, 40)  # ~16 to ~320 bytes: short requests to long contexts
+OUTPUT_TOKENS = (4, 16, 48)  # max_tokens asked for: decode time must vary to be fitted
+WORDS = ("check", "the", "pump", "audio", "log", "for", "a", "fault", "and", "explain", "why")
 MAX_GHZ = 1e6  # a server whose calls the model's upload time alone already explains
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One measured call: which server, how many input bits, how long it took."""
+    """One measured call: which server, its input bits and tokens, how long it took."""
 
     server: int
     bits: float
+    prompt_tokens: int
+    output_tokens: int
     seconds: float
+    timings_ms: tuple[float, float] | None = None  # the server's prefill and decode ms
 
 
-def probe_prompts(rounds: int) -> list[str]:
-    """Prompts of the sampled sizes, ``rounds`` of each, made of plain words."""
-    return [" ".join(["measure"] * n) for _ in range(rounds) for n in PROMPT_WORDS]
+def probe_prompts(rounds: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """(prompt, max_tokens) for every prompt length and output length, ``rounds`` times."""
+    return [
+        (" ".join(rng.choice(WORDS, size=n)), out)
+        for _ in range(rounds)
+        for n in PROMPT_WORDS
+        for out in OUTPUT_TOKENS
+    ]
 
 
-async def measure(client: httpx.AsyncClient, bound: Bound, rounds: int = 2) -> list[Sample]:
+async def measure(
+    client: httpx.AsyncClient, bound: Bound, rounds: int = 2, seed: int = 0
+) -> list[Sample]:
     """Time every endpoint on the probe prompts, one call at a time."""
+    rng = np.random.default_rng(seed)
     samples = []
     for server, endpoint in enumerate(bound.endpoints):
-        for prompt in probe_prompts(rounds):
+        for prompt, max_tokens in probe_prompts(rounds, rng):
             began = time.perf_counter()
             try:
-                await complete(client, endpoint, bound.deployment, prompt)
+                reply = await complete(client, endpoint, bound.deployment, prompt, max_tokens)
             except EndpointError as exc:
                 raise EndpointError(f"{bound.scenario.servers[server].name}: {exc}") from None
-            samples.append(Sample(server, 8.0 * len(prompt.encode()), time.perf_counter() - began))
+            seconds = time.perf_counter() - began
+            samples.append(
+                Sample(
+                    server,
+                    8.0 * len(prompt.encode()),
+                    reply.prompt_tokens,
+                    reply.completion_tokens,
+                    seconds,
+                    reply.timings_ms,
+                )
+            )
     return samples
 
 
@@ -67,6 +103,7 @@ def probe_instance(scenario: Scenario, bound: Bound, samples: list[Sample]) -> I
                     input_bits=s.bits,
                     output_bits=1.0,
                     cycles=scenario.workload.cycles_per_bit * s.bits,
+                    **token_counts(scenario, s.prompt_tokens, s.output_tokens),
                 )
             ],
         )
@@ -88,9 +125,31 @@ def prediction_error(scenario: Scenario, bound: Bound, samples: list[Sample]) ->
     return sum(abs(s.seconds - up - comp) for s, (up, comp) in pairs) / len(samples)
 
 
+def relative_errors(scenario: Scenario, bound: Bound, samples: list[Sample]) -> list[np.ndarray]:
+    """Per server, |predicted - measured| / measured of each of its calls."""
+    pairs = zip(samples, predicted(scenario, bound, samples), strict=True)
+    errors: list[list[float]] = [[] for _ in scenario.servers]
+    for s, (up, comp) in pairs:
+        errors[s.server].append(abs(up + comp - s.seconds) / s.seconds)
+    return [np.array(e) for e in errors]
+
+
 def trace_error(batch: Batch, scenario: Scenario) -> float:
-    """Mean |real - predicted| duration of a batch's subtasks that ran where planned."""
-    instance = Instance(scenario=scenario, tasks=batch.instance.tasks)
+    """Mean |real - predicted| duration of a batch's subtasks that ran where planned, each
+    predicted with its real token counts under ``compute: tokens``."""
+    steps = {(s.task, s.subtask): s for s in batch.steps}
+    tasks = [
+        task.model_copy(
+            update={
+                "subtasks": [
+                    sub.model_copy(update=measured_tokens(scenario, steps[i, j]))
+                    for j, sub in enumerate(task.subtasks)
+                ]
+            }
+        )
+        for i, task in enumerate(batch.instance.tasks)
+    ]
+    instance = Instance(scenario=scenario, tasks=tasks)
     runs = {(r.task, r.subtask): r for r in evaluate(instance, batch.schedule.order).runs}
     errors = []
     for step in batch.steps:
@@ -100,20 +159,66 @@ def trace_error(batch: Batch, scenario: Scenario) -> float:
     return sum(errors) / len(errors)
 
 
-def fit(bound: Bound, samples: list[Sample]) -> Scenario:
-    """The deployment's scenario with each server's GHz fitted to its samples."""
+def measured_tokens(scenario: Scenario, step: Step) -> dict[str, int | None]:
+    """A step's token fields as it really ran (none under cycles)."""
+    counts = token_counts(scenario, step.prompt_tokens, step.completion_tokens)
+    return counts or {"prompt_tokens": None, "output_tokens": None}
+
+
+def clock_ghz(samples: list[Sample], uploads: list[float], cycles_per_bit: float) -> float:
+    """f_s: compute seconds = (c D) / f, least squares for 1 / f through the origin."""
+    xs = np.array([cycles_per_bit * s.bits for s in samples])
+    ys = np.array([max(s.seconds - up, 0.0) for s, up in zip(samples, uploads, strict=True)])
+    slope = float(xs @ ys / (xs @ xs))
+    return MAX_GHZ if slope <= 0 else min(1.0 / slope / 1e9, MAX_GHZ)
+
+
+def token_timings(samples: list[Sample], uploads: list[float]) -> dict[str, float]:
+    """call_ms, prefill_ms_per_token, decode_ms_per_token of one server's samples."""
+    wall_ms = np.array([(s.seconds - up) * 1e3 for s, up in zip(samples, uploads, strict=True)])
+    prompt = np.array([s.prompt_tokens for s in samples], dtype=float)
+    output = np.array([s.output_tokens for s in samples], dtype=float)
+    if all(s.timings_ms is not None for s in samples):
+        prefill_ms, decode_ms = np.array([s.timings_ms for s in samples]).T
+        call = float(np.median(wall_ms - prefill_ms - decode_ms))
+        coef = [call, prefill_ms.sum() / prompt.sum(), decode_ms.sum() / output.sum()]
+    else:
+        from scipy.optimize import nnls  # SciPy only when calibrating
+
+        coef, _ = nnls(np.column_stack([np.ones_like(prompt), prompt, output]), wall_ms)
+    return dict(zip(TIMINGS, (max(float(c), 0.0) for c in coef), strict=True))
+
+
+def fit(bound: Bound, samples: list[Sample], compute: str = "tokens") -> Scenario:
+    """The deployment's scenario with each server's timing fitted to its samples."""
     sc = bound.scenario
-    cpb = sc.workload.cycles_per_bit
     uploads = [up for up, _ in predicted(sc, bound, samples)]
     servers = []
     for k, server in enumerate(sc.servers):
-        mine = [(s, up) for s, up in zip(samples, uploads, strict=True) if s.server == k]
-        # compute seconds = (c D) / f: least squares for 1/f through the origin
-        xs = [cpb * s.bits for s, _ in mine]
-        ys = [max(s.seconds - up, 0.0) for s, up in mine]
-        slope = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
-        ghz = MAX_GHZ if slope <= 0 else min(1.0 / slope / 1e9, MAX_GHZ)
-        servers.append(server.model_dump() | {"ghz": ghz})
+        own = [(s, up) for s, up in zip(samples, uploads, strict=True) if s.server == k]
+        mine, ups = [s for s, _ in own], [up for _, up in own]
+        if compute == "tokens":
+            servers.append(server.model_dump() | token_timings(mine, ups))
+        else:
+            ghz = clock_ghz(mine, ups, sc.workload.cycles_per_bit)
+            servers.append(server.model_dump(exclude=set(TIMINGS)) | {"ghz": ghz})
     name = f"{sc.name.removesuffix('-calibrated')}-calibrated"
-    data = sc.model_dump() | {"name": name, "servers": servers}
+    data = sc.model_dump() | {"name": name, "compute": compute, "servers": servers}
+    data["workload"]["sizes"] = sizes(sc, samples, bound.deployment.max_tokens, compute)
     return parse_scenario(data, "calibrated scenario")
+
+
+def sizes(
+    sc: Scenario, samples: list[Sample], max_tokens: int, compute: str
+) -> dict[str, dict[str, object]]:
+    """Each modality's sizes for ``compute``: under tokens, its own token ranges, or the
+    probed prompt lengths and 1 to ``max_tokens`` outputs (what a request's subtask asks
+    for) where the scenario has none; under cycles, none."""
+    prompts = [max(s.prompt_tokens, 1) for s in samples]
+    probed = {"prompt_tokens": [min(prompts), max(prompts)], "output_tokens": [1, max_tokens]}
+    out = {}
+    for m, size in sc.workload.sizes.items():
+        out[m] = size.model_dump(exclude=set(probed))
+        if compute == "tokens":
+            out[m] |= {k: getattr(size, k) or v for k, v in probed.items()}
+    return out

@@ -114,11 +114,6 @@ class Bound:
 
 def bind(deployment: Deployment, base: Scenario, source: str) -> Bound:
     """Check the deployment against the scenario and build the scenario the policy sees."""
-    if base.compute != "cycles":
-        raise OffloadError(
-            f"{source}: scenario '{base.name}' has compute '{base.compute}'; the runtime "
-            "sizes and calibrates subtasks in cycles, so it needs compute 'cycles'"
-        )
     names = [s.name for s in base.servers]
     for name in deployment.endpoints:
         if name not in names:

@@ -17,6 +17,7 @@ cancelling a batch's task cancels every call it has in flight (closing their con
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from llmoffload.errors import OffloadError
 from llmoffload.experiments.policies import resolve_policy
 from llmoffload.model.execution import Dispatch, Execution, Schedule
 from llmoffload.model.instance import Instance, Subtask, Task
-from llmoffload.model.scenario import Model
+from llmoffload.model.scenario import Model, Scenario
 from llmoffload.runtime.deployment import Bound, Deployment, Endpoint
 from llmoffload.runtime.ledger import Booking, Ledger
 
@@ -61,9 +62,13 @@ class EndpointError(Exception):
 
 @dataclass(frozen=True)
 class Reply:
+    """A completion, its token counts, and the server's own prefill and decode milliseconds
+    when it reports them (llama.cpp's ``timings``; other servers: None)."""
+
     text: str
     prompt_tokens: int
     completion_tokens: int
+    timings_ms: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -164,9 +169,10 @@ def build_instance(
 
     A subtask's input is its prompt without predecessors' outputs (known now) plus the
     outputs it will receive, each estimated as max_tokens * BYTES_PER_TOKEN bytes; its
-    output is that same estimate. Cycles follow the scenario's cycles per bit. A prompt
-    over ``max_prompt_tokens`` (at BYTES_PER_TOKEN bytes a token, a cheap estimate that
-    needs no tokenizer) is refused now, before any endpoint spends time on it.
+    output is that same estimate. Cycles follow the scenario's cycles per bit; with
+    ``compute: tokens`` the prompt is that input at BYTES_PER_TOKEN bytes a token (a cheap
+    estimate that needs no tokenizer) and the output ``max_tokens``. A prompt over
+    ``max_prompt_tokens`` is refused now, before any endpoint spends time on it.
     """
     sc, dep = bound.scenario, bound.deployment
     out_bits = 8.0 * BYTES_PER_TOKEN * dep.max_tokens
@@ -199,6 +205,7 @@ def build_instance(
                     output_bits=out_bits,
                     cycles=sc.workload.cycles_per_bit * bits,
                     preds=preds,
+                    **token_counts(sc, math.ceil(tokens), dep.max_tokens),
                 )
             )
         tasks.append(Task(workflow=req.workflow, distances_m=bound.distances_m, subtasks=subtasks))
@@ -216,15 +223,29 @@ def ready_times(instance: Instance, order: list[Dispatch]) -> dict[tuple[int, in
     return ready
 
 
+def token_counts(scenario: Scenario, prompt: int, output: int) -> dict[str, int]:
+    """A subtask's token fields: given under ``compute: tokens``, absent under cycles."""
+    if scenario.compute != "tokens":
+        return {}
+    return {"prompt_tokens": max(prompt, 1), "output_tokens": max(output, 1)}
+
+
 def render(template: str, request: Request, node: str, modality: str, context: str) -> str:
     return template.format(request=request.text, node=node, modality=modality, context=context)
 
 
-async def complete(client: httpx.AsyncClient, ep: Endpoint, dep: Deployment, prompt: str) -> Reply:
-    """One completion from one endpoint; any failure becomes an EndpointError."""
+async def complete(
+    client: httpx.AsyncClient,
+    ep: Endpoint,
+    dep: Deployment,
+    prompt: str,
+    max_tokens: int | None = None,
+) -> Reply:
+    """One completion from one endpoint (at most ``max_tokens`` tokens, default the
+    deployment's); any failure becomes an EndpointError."""
     body: dict[str, object] = {
         "model": ep.model,
-        "max_tokens": dep.max_tokens,
+        "max_tokens": max_tokens or dep.max_tokens,
         "temperature": dep.temperature,
     }
     if ep.api == "chat":
@@ -245,10 +266,14 @@ async def complete(client: httpx.AsyncClient, ep: Endpoint, dep: Deployment, pro
         choice = data["choices"][0]
         text = choice["message"]["content"] if ep.api == "chat" else choice["text"]
         usage = data.get("usage") or {}
+        timings = data.get("timings")
         if not isinstance(text, str):
             raise TypeError
         return Reply(
-            text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            text,
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            (float(timings["prompt_ms"]), float(timings["predicted_ms"])) if timings else None,
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise EndpointError(f"not a completion: {' '.join(resp.text.split())[:120]}") from None
