@@ -53,6 +53,12 @@ def require_extra(modules: tuple[str, ...] = EXTRA, extra: str = "runtime") -> N
         )
 
 
+def check_choice(option: str, value: str, choices: tuple[str, str]) -> None:
+    """A word option checked by hand (this Typer has no choice type for plain strings)."""
+    if value not in choices:
+        raise OffloadError(f"{option} must be {' or '.join(choices)}, not '{value}'")
+
+
 def check_free(host: str, port: int) -> None:
     """A taken or foreign address is bad input, not a server's log line after start-up."""
     with socket.socket() as probe:
@@ -132,8 +138,7 @@ def calibrate_cmd(
     from llmoffload.runtime.deployment import load_deployment
     from llmoffload.runtime.executor import EndpointError
 
-    if compute not in ("tokens", "cycles"):
-        raise OffloadError(f"--compute must be tokens or cycles, not '{compute}'")
+    check_choice("--compute", compute, ("tokens", "cycles"))
     bound = load_deployment(deployment)
 
     async def go() -> tuple[list[Sample], list[Sample]]:
@@ -204,8 +209,7 @@ def serve_cmd(
     from llmoffload.runtime.executor import planner
     from llmoffload.runtime.service import create_app
 
-    if plan not in ("together", "alone"):
-        raise OffloadError(f"--plan must be together or alone, not '{plan}'")
+    check_choice("--plan", plan, ("together", "alone"))
     bound = load_deployment(deployment)
     app = create_app(
         bound, planner(policy, bound), capacity, timeout_s=timeout, together=plan == "together"

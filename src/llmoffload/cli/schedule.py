@@ -10,10 +10,10 @@ import numpy as np
 import typer
 
 from llmoffload.display import table
-from llmoffload.experiments.policies import Outcome, resolve_policy
+from llmoffload.experiments.policies import resolve_policy
 from llmoffload.files import check_output
 from llmoffload.model.instance import Instance, load_instance
-from llmoffload.schedulers.registry import SCHEDULERS
+from llmoffload.schedulers.registry import SCHEDULERS, Outcome
 
 
 def schedule_json(policy: str, path: Path, inst: Instance, outcome: Outcome) -> dict[str, Any]:

@@ -29,11 +29,10 @@ from llmoffload.marl.env import OffloadEnv, outcome, schedule_reward
 from llmoffload.marl.learner import Learner, Transition
 from llmoffload.marl.ranges import Range, check_config, settings_of
 from llmoffload.marl.registry import LEARNERS
-from llmoffload.model.execution import Schedule, evaluate
+from llmoffload.model.execution import Schedule
 from llmoffload.model.instance import Instance, sample_instance
 from llmoffload.model.scenario import Scenario, parse_scenario
-from llmoffload.schedulers.optimal import solve
-from llmoffload.schedulers.registry import SCHEDULERS
+from llmoffload.schedulers.registry import classic
 
 TRAIN, EVAL = 0, 1
 # training episodes played at once by default: one, since K > 1 acts on a policy up to
@@ -378,10 +377,8 @@ def scheduler_schedule(
 ) -> tuple[Schedule, bool]:
     """A classic scheduler's schedule, and whether it is proven optimal (Optimal within
     ``time_limit_s`` seconds; an unproven one is the best found, and may vary with load)."""
-    if name == "optimal":
-        solution = solve(instance, time_limit_s=time_limit_s)
-        return solution.schedule, solution.proven
-    return evaluate(instance, SCHEDULERS[name](instance, np.random.default_rng(seed))), False
+    outcome = classic(name, time_limit_s)(instance, np.random.default_rng(seed))
+    return outcome.schedule, outcome.proven
 
 
 def evaluate_run(

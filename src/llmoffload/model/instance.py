@@ -10,13 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from pydantic import (
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationError,
-    model_serializer,
-    model_validator,
-)
+from pydantic import Field, ValidationError, model_validator
 
 from llmoffload.errors import OffloadError
 from llmoffload.model.scenario import (
@@ -92,7 +86,7 @@ class Instance(Model):
     format: str = FORMAT
     scenario: Scenario
     tasks: list[Task] = Field(min_length=1, max_length=MAX_TASKS)
-    busy_s: list[list[NonNegative]] | None = None
+    busy_s: list[list[NonNegative]] | None = optional()
 
     @model_validator(mode="after")
     def _fits_scenario(self) -> Instance:
@@ -130,14 +124,6 @@ class Instance(Model):
                     "(none for a server without a slot limit)"
                 )
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_unset_busy(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """Leave ``busy_s`` out when absent, so an instance without it dumps as before."""
-        data = handler(self)
-        if self.busy_s is None:
-            del data["busy_s"]
-        return data
 
     def dumps(self) -> str:
         return self.model_dump_json(indent=1) + "\n"

@@ -1,9 +1,17 @@
-"""The classic schedulers by name: what ``--policy`` chooses from."""
+"""The classic schedulers by name, what ``--policy`` chooses from, and each as a policy:
+one path from a name to a schedule for the command line, the experiments and the runtime."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmoffload.model.execution import Schedule, evaluate
+from llmoffload.model.instance import Instance
 from llmoffload.schedulers.heuristics import CLASSIC, Scheduler, best_classic, random_valid
-from llmoffload.schedulers.optimal import optimal
+from llmoffload.schedulers.optimal import Solution, optimal, solve
 
 SCHEDULERS: dict[str, Scheduler] = {
     "random-valid": random_valid,
@@ -11,3 +19,33 @@ SCHEDULERS: dict[str, Scheduler] = {
     "best-classic": best_classic,
     "optimal": optimal,
 }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a policy produced; the CP-SAT solution too when the policy is 'optimal'."""
+
+    schedule: Schedule
+    solution: Solution | None = None
+
+    @property
+    def proven(self) -> bool:
+        """Whether the schedule is proven optimal (only Optimal's can be)."""
+        return self.solution is not None and self.solution.proven
+
+
+Policy = Callable[[Instance, np.random.Generator], Outcome]
+
+
+def classic(name: str, time_limit_s: float) -> Policy:
+    """The scheduler ``name`` of SCHEDULERS as a policy; Optimal within ``time_limit_s``
+    seconds (an unproven one is the best found, and may vary with load)."""
+    if name == "optimal":
+
+        def solved(inst: Instance, rng: np.random.Generator) -> Outcome:
+            solution = solve(inst, time_limit_s=time_limit_s)
+            return Outcome(solution.schedule, solution)
+
+        return solved
+    scheduler = SCHEDULERS[name]
+    return lambda inst, rng: Outcome(evaluate(inst, scheduler(inst, rng)))
