@@ -1,8 +1,8 @@
 """Benchmark the speed targets of issue 11: env steps, decisions, training, scaling.
 
-    python benchmarks/bench_speed.py [--algos ucb-coma ...] [--episodes 700] [--cpu]
-        [--lockstep 8] [--tasks 5 20 50 100] [--edges 20] [--scale-episodes 8]
-        [--plot cost.png]
+    python benchmarks/bench_speed.py [--parts env train scale floor] [--cpu]
+        [--algos ucb-coma ...] [--episodes 700] [--lockstep 8] [--tasks 5 20 50 100]
+        [--edges 20] [--scale-episodes 8] [--plot cost.png] [--floor-episodes 50]
 
 Prints, on the paper scenario: the environment's joint steps per second at
 5 agents (uniformly random valid actions, resets included, through
@@ -16,6 +16,13 @@ repeated) and ``--tasks`` agents, the cost of one decision: UCB-COMA's joint
 action, one env step, and one training step (the wall time of a few UCB-COMA
 training episodes per joint step, updates included), plotted against the
 number of tasks to ``--plot``.
+
+Last, the floor under each neural learner's training time: the floating-point
+work of one joint training step (acting and updates, counted by PyTorch's
+``FlopCounterMode`` once the learner updates), the rate it runs at now, and
+the seconds an ``--episodes`` run would take if every FLOP ran at the
+machine's own peak for a float32 matrix product on one thread: what no
+change short of less arithmetic can beat, and how far the code is from it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from llmoffload.experiments.training import LOCKSTEP, make_config, new_learner, run_episodes, train
 from llmoffload.marl.env import OffloadEnv
@@ -97,13 +106,43 @@ def per_call(fn: Callable[[], object], seconds: float) -> float:
     return (clock() - began) / calls
 
 
-def train_seconds(algo: str, scenario: Scenario, episodes: int, lockstep: int) -> float:
-    """Wall seconds of a training run, its run directory included."""
+def train_seconds(algo: str, scenario: Scenario, episodes: int, lockstep: int) -> tuple[float, int]:
+    """Wall seconds of a training run, its run directory included, and its joint steps."""
     with tempfile.TemporaryDirectory() as out:
         began = clock()
         config = make_config(algo, {})
-        train(algo, scenario, episodes, 0, Path(out), config, progress=False, lockstep=lockstep)
-        return clock() - began
+        rows = train(
+            algo, scenario, episodes, 0, Path(out), config, progress=False, lockstep=lockstep
+        )
+        return clock() - began, sum(int(row["steps"]) for row in rows)
+
+
+def work_per_step(algo: str, scenario: Scenario, episodes: int) -> tuple[float, float]:
+    """FLOPs and seconds per joint training step once the learner updates: after
+    ``episodes`` episodes of warm-up, the seconds of ``episodes`` more, then the FLOPs
+    of ``episodes`` more again, counted (the counter slows what it counts)."""
+    env = OffloadEnv(scenario)
+    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
+
+    def play(first: int) -> int:
+        seeds = range(first, first + episodes)
+        return sum(int(run_episodes([env], learner, [s], True)[0]["steps"]) for s in seeds)
+
+    play(0)
+    began = clock()
+    steps = play(episodes)
+    seconds = (clock() - began) / steps
+    with FlopCounterMode(display=False) as counter:
+        steps = play(2 * episodes)
+    return counter.get_total_flops() / steps, seconds
+
+
+def peak_flops(seconds: float) -> float:
+    """FLOP/s of a 512 x 512 x 512 float32 matrix product on one thread: about the best
+    the networks' own products reach here (theirs measured within a few percent)."""
+    torch.set_num_threads(1)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    return 2 * 512**3 / per_call(lambda: a @ b, seconds)
 
 
 def episode_seconds(
@@ -121,9 +160,13 @@ def episode_seconds(
     return clock() - began, steps
 
 
+PARTS = ("env", "train", "scale", "floor")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", nargs="+", default=list(LEARNERS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--episodes", type=int, default=700, help="training episodes per run")
     parser.add_argument("--lockstep", type=int, default=8, help="episodes at once")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per measurement")
@@ -133,27 +176,39 @@ def main() -> None:
         "--scale-episodes", type=int, default=8, help="enough to fill a batch and update"
     )
     parser.add_argument("--plot", type=Path, help="PNG of the cost per decision vs tasks")
+    parser.add_argument(
+        "--floor-episodes", type=int, default=50, help="warm-up, timed and counted, each"
+    )
     parser.add_argument("--cpu", action="store_true", help="CPU seconds instead of wall")
     args = parser.parse_args()
     global clock
     clock = time.process_time if args.cpu else time.perf_counter
 
     paper = load_scenario("paper")
-    step, _ = env_step_seconds(paper, args.seconds)
-    k = args.lockstep
-    print(f"env: {1 / step:,.0f} joint steps/s (5 agents, random valid actions)\n")
-    print(
-        f"| method | decision ms, alone | decision ms per episode, {k} at once "
-        f"| train s ({args.episodes} episodes), one by one | train s, {k} at once |"
-    )
-    print("|---|---:|---:|---:|---:|")
-    for algo in args.algos:
-        alone = decision_seconds(algo, paper, args.seconds) * 1e3
-        batched = decision_seconds(algo, paper, args.seconds, k) * 1e3
-        one = train_seconds(algo, paper, args.episodes, LOCKSTEP)
-        many = train_seconds(algo, paper, args.episodes, k)
-        print(f"| {algo} | {alone:.3f} | {batched:.3f} | {one:.1f} | {many:.1f} |")
+    if "env" in args.parts:
+        step, _ = env_step_seconds(paper, args.seconds)
+        print(f"env: {1 / step:,.0f} joint steps/s (5 agents, random valid actions)\n")
+    if "train" in args.parts:
+        k = args.lockstep
+        print(
+            f"| method | decision ms, alone | decision ms per episode, {k} at once "
+            f"| train s ({args.episodes} episodes), one by one | train s, {k} at once |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for algo in args.algos:
+            alone = decision_seconds(algo, paper, args.seconds) * 1e3
+            batched = decision_seconds(algo, paper, args.seconds, k) * 1e3
+            one = train_seconds(algo, paper, args.episodes, LOCKSTEP)[0]
+            many = train_seconds(algo, paper, args.episodes, k)[0]
+            print(f"| {algo} | {alone:.3f} | {batched:.3f} | {one:.1f} | {many:.1f} |")
+    if "scale" in args.parts:
+        scaling(args)
+    if "floor" in args.parts:
+        floor(args, paper)
 
+
+def scaling(args: argparse.Namespace) -> None:
+    """UCB-COMA's cost per decision on the widened scenario, per number of tasks."""
     print(f"\nucb-coma, {args.edges} edges: cost of a decision (ms) and of an episode (s)\n")
     print("| tasks | act ms | env step ms | training ms per step | training s per episode |")
     print("|---:|---:|---:|---:|---:|")
@@ -177,6 +232,27 @@ def main() -> None:
         series = {key: (np.array(v), zero) for key, v in costs.items()}
         line_chart([Panel("tasks (agents)", "ms per decision", args.tasks, series)], args.plot)
         print(f"\nplot: {args.plot}")
+
+
+def floor(args: argparse.Namespace, paper: Scenario) -> None:
+    """Each neural learner's FLOPs per joint training step, the rate they run at, and
+    the seconds of an ``--episodes`` run were every FLOP at the machine's peak."""
+    peak = peak_flops(args.seconds)
+    print(f"\nfloor: one thread multiplies float32 matrices at {peak / 1e9:.0f} GFLOP/s\n")
+    print(
+        f"| method | MFLOP per joint step | GFLOP/s reached | joint steps in {args.episodes} "
+        "episodes | train s at peak | train s now (steps x s per step) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for algo in args.algos:
+        flops, seconds = work_per_step(algo, paper, args.floor_episodes)
+        if flops == 0:
+            continue  # no network: nothing for a matrix product to bound
+        _, steps = train_seconds(algo, paper, args.episodes, LOCKSTEP)
+        print(
+            f"| {algo} | {flops / 1e6:.1f} | {flops / seconds / 1e9:.1f} | {steps} "
+            f"| {flops * steps / peak:.1f} | {seconds * steps:.1f} |"
+        )
 
 
 if __name__ == "__main__":
