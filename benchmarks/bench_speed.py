@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llmoffload.experiments.training import LOCKSTEP, make_config, new_learner, run_episodes, train
 from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.learner import Learner
 from llmoffload.marl.registry import LEARNERS
 from llmoffload.model.scenario import Scenario, load_scenario
 
@@ -121,19 +122,14 @@ def work_per_step(algo: str, scenario: Scenario, episodes: int) -> tuple[float, 
     """FLOPs and seconds per joint training step once the learner updates: after
     ``episodes`` episodes of warm-up, the seconds of ``episodes`` more, then the FLOPs
     of ``episodes`` more again, counted (the counter slows what it counts)."""
-    env = OffloadEnv(scenario)
-    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
-
-    def play(first: int) -> int:
-        seeds = range(first, first + episodes)
-        return sum(int(run_episodes([env], learner, [s], True)[0]["steps"]) for s in seeds)
-
-    play(0)
+    envs = [OffloadEnv(scenario)]
+    learner = new_learner(algo, make_config(algo, {}), envs[0], seed=0)
+    play(envs, learner, range(episodes))
     began = clock()
-    steps = play(episodes)
+    steps = play(envs, learner, range(episodes, 2 * episodes))
     seconds = (clock() - began) / steps
     with FlopCounterMode(display=False) as counter:
-        steps = play(2 * episodes)
+        steps = play(envs, learner, range(2 * episodes, 3 * episodes))
     return counter.get_total_flops() / steps, seconds
 
 
@@ -152,12 +148,19 @@ def episode_seconds(
     directory), ``lockstep`` at a time, and the joint steps they took."""
     envs = [OffloadEnv(scenario) for _ in range(lockstep)]
     learner = new_learner(algo, make_config(algo, {}), envs[0], seed=0)
-    steps, began = 0, clock()
-    for first in range(0, episodes, lockstep):
-        seeds = list(range(first, min(first + lockstep, episodes)))
-        played = run_episodes(envs[: len(seeds)], learner, seeds, True)
-        steps += sum(int(s["steps"]) for s in played)
+    began = clock()
+    steps = play(envs, learner, range(episodes))
     return clock() - began, steps
+
+
+def play(envs: list[OffloadEnv], learner: Learner, seeds: range) -> int:
+    """The joint steps of training episodes with these seeds, ``len(envs)`` at a time."""
+    steps = 0
+    for first in range(0, len(seeds), len(envs)):
+        block = list(seeds[first : first + len(envs)])
+        played = run_episodes(envs[: len(block)], learner, block, True)
+        steps += sum(int(s["steps"]) for s in played)
+    return steps
 
 
 PARTS = ("env", "train", "scale", "floor")
@@ -188,23 +191,30 @@ def main() -> None:
     if "env" in args.parts:
         step, _ = env_step_seconds(paper, args.seconds)
         print(f"env: {1 / step:,.0f} joint steps/s (5 agents, random valid actions)\n")
-    if "train" in args.parts:
-        k = args.lockstep
-        print(
-            f"| method | decision ms, alone | decision ms per episode, {k} at once "
-            f"| train s ({args.episodes} episodes), one by one | train s, {k} at once |"
-        )
-        print("|---|---:|---:|---:|---:|")
-        for algo in args.algos:
-            alone = decision_seconds(algo, paper, args.seconds) * 1e3
-            batched = decision_seconds(algo, paper, args.seconds, k) * 1e3
-            one = train_seconds(algo, paper, args.episodes, LOCKSTEP)[0]
-            many = train_seconds(algo, paper, args.episodes, k)[0]
-            print(f"| {algo} | {alone:.3f} | {batched:.3f} | {one:.1f} | {many:.1f} |")
+    steps = training(args, paper) if "train" in args.parts else {}
     if "scale" in args.parts:
         scaling(args)
     if "floor" in args.parts:
-        floor(args, paper)
+        floor(args, paper, steps)
+
+
+def training(args: argparse.Namespace, paper: Scenario) -> dict[str, int]:
+    """Each learner's decision latency and training time, one by one and in lockstep;
+    returns the joint steps of each one-by-one run, for ``floor``."""
+    k = args.lockstep
+    print(
+        f"| method | decision ms, alone | decision ms per episode, {k} at once "
+        f"| train s ({args.episodes} episodes), one by one | train s, {k} at once |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    steps = {}
+    for algo in args.algos:
+        alone = decision_seconds(algo, paper, args.seconds) * 1e3
+        batched = decision_seconds(algo, paper, args.seconds, k) * 1e3
+        one, steps[algo] = train_seconds(algo, paper, args.episodes, LOCKSTEP)
+        many = train_seconds(algo, paper, args.episodes, k)[0]
+        print(f"| {algo} | {alone:.3f} | {batched:.3f} | {one:.1f} | {many:.1f} |")
+    return steps
 
 
 def scaling(args: argparse.Namespace) -> None:
@@ -234,9 +244,10 @@ def scaling(args: argparse.Namespace) -> None:
         print(f"\nplot: {args.plot}")
 
 
-def floor(args: argparse.Namespace, paper: Scenario) -> None:
+def floor(args: argparse.Namespace, paper: Scenario, steps: dict[str, int]) -> None:
     """Each neural learner's FLOPs per joint training step, the rate they run at, and
-    the seconds of an ``--episodes`` run were every FLOP at the machine's peak."""
+    the seconds of an ``--episodes`` run were every FLOP at the machine's peak; the
+    run's joint steps from ``steps`` where ``training`` counted them, else trained."""
     peak = peak_flops(args.seconds)
     print(f"\nfloor: one thread multiplies float32 matrices at {peak / 1e9:.0f} GFLOP/s\n")
     print(
@@ -248,10 +259,12 @@ def floor(args: argparse.Namespace, paper: Scenario) -> None:
         flops, seconds = work_per_step(algo, paper, args.floor_episodes)
         if flops == 0:
             continue  # no network: nothing for a matrix product to bound
-        _, steps = train_seconds(algo, paper, args.episodes, LOCKSTEP)
+        if algo not in steps:
+            steps[algo] = train_seconds(algo, paper, args.episodes, LOCKSTEP)[1]
+        run = steps[algo]
         print(
-            f"| {algo} | {flops / 1e6:.1f} | {flops / seconds / 1e9:.1f} | {steps} "
-            f"| {flops * steps / peak:.1f} | {seconds * steps:.1f} |"
+            f"| {algo} | {flops / 1e6:.1f} | {flops / seconds / 1e9:.1f} | {run} "
+            f"| {flops * run / peak:.1f} | {seconds * run:.1f} |"
         )
 
 
