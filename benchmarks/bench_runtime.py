@@ -3,6 +3,8 @@
     python benchmarks/bench_runtime.py [--rounds 3] [--seconds 4] [--capacity 8]
     python benchmarks/bench_runtime.py --flood [--requests 150] [--flood-mb 100]
 
+``--json FILE`` also writes every table printed (title, header, rows) as JSON.
+
 Starts four servers (three edges and the cloud of the paper scenario, one thread each),
 then prints three tables:
 
@@ -11,7 +13,9 @@ then prints three tables:
    the executor's scheduling gap (ready -> call sent) and the HTTP stack (call time
    minus llama.cpp's time: httpx, uvicorn, FastAPI, llama-cpp-python's Python layer);
 2. prediction error before and after calibration: on held-out probe calls, and on the
-   subtasks of real workflow requests;
+   subtasks of real workflow requests, all and per modality (the workflows with an image
+   subtask carry a 64 px PNG, which edge-image and the cloud, loading a tiny vision
+   projector, encode; the pinned server takes no audio, so audio subtasks get text);
 3. requests per second the service sustains before it answers 503: an open-loop ramp of
    request rates, each for ``--seconds``, stopping at the first rate that gets a 503.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import re
 import statistics
@@ -36,10 +41,18 @@ from typing import TYPE_CHECKING
 import httpx
 
 from llmoffload.cli.runtime import fitted_timing
-from llmoffload.runtime.calibrate import Sample, fit, measure, prediction_error, trace_error
+from llmoffload.runtime.calibrate import (
+    Sample,
+    fit,
+    measure,
+    prediction_error,
+    probe_image,
+    step_errors,
+)
 from llmoffload.runtime.deployment import Bound, load_deployment
 from llmoffload.runtime.executor import Batch, Executor, Request, planner
 from llmoffload.runtime.local import llama_servers, serve_app, write_deployment
+from llmoffload.runtime.media import takes
 from llmoffload.runtime.service import create_app
 
 if TYPE_CHECKING:
@@ -47,6 +60,7 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
 SERVERS = ["edge-text", "edge-image", "edge-audio", "cloud"]
+VISION = ("edge-image", "cloud")  # they load the tiny projector: they see images
 WORKFLOWS = ["text-analysis", "image-analysis", "audio-analysis", "vqa", "audio-text"]
 RATES = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64)  # offered requests per second
 TOTAL = re.compile(rb"llama_perf_context_print:\s+total time =\s+([\d.]+) ms")
@@ -98,13 +112,19 @@ def overhead(bound: Bound, logs: dict[str, Path]) -> dict[str, list[float]]:
     return parts
 
 
+def request(bound: Bound, workflow: str, text: str) -> Request:
+    """A request of ``workflow``, with a 64 px PNG where a subtask of it takes images."""
+    image = takes("image", bound.scenario.workflows[workflow].nodes.values())
+    return Request(workflow=workflow, text=text, image=probe_image(64) if image else None)
+
+
 def calibration(bound: Bound, rounds: int) -> list[list[str]]:
     async def go() -> tuple[list[Sample], list[Sample], list[Batch]]:
         async with httpx.AsyncClient() as client:
             fitting = await measure(client, bound, rounds)
             held_out = await measure(client, bound, rounds)
             ex = Executor(bound, planner("heft", bound), client)
-            runs = [await ex.run([Request(workflow=w, text="Check it.")]) for w in WORKFLOWS]
+            runs = [await ex.run([request(bound, w, "Check it.")]) for w in WORKFLOWS]
             return fitting, held_out, runs
 
     fitting, held_out, batches = asyncio.run(go())
@@ -114,13 +134,17 @@ def calibration(bound: Bound, rounds: int) -> list[list[str]]:
             "held-out probe calls",
             prediction_error(bound.scenario, bound, held_out),
             prediction_error(fitted, bound, held_out),
-        ],
-        [
-            "workflow subtasks",
-            statistics.fmean(trace_error(b, bound.scenario) for b in batches),
-            statistics.fmean(trace_error(b, fitted) for b in batches),
-        ],
+        ]
     ]
+    paper, calibrated = (
+        [e for b in batches for e in step_errors(b, s)] for s in (bound.scenario, fitted)
+    )
+    for modality in [None, *dict.fromkeys(m for m, _ in paper)]:  # all, then each modality
+        chosen = [
+            statistics.fmean(e for m, e in errors if modality in (None, m))
+            for errors in (paper, calibrated)
+        ]
+        rows.append([f"workflow subtasks{f', {modality}' if modality else ''}", *chosen])
     for server in fitted.servers:
         print(f"fitted {server.name}: {fitted_timing(server, fitted.compute)}")
     return [[name, f"{b * 1e3:.2f}", f"{a * 1e3:.2f}"] for name, b, a in rows]
@@ -230,10 +254,14 @@ def flooded(bound: Bound, requests: int, megabytes: float) -> list[list[str]]:
     return [*rows, latency_row("flooded", seconds, rate)]
 
 
+SHOWN: list[dict[str, object]] = []  # every table printed, for --json
+
+
 def show(title: str, header: list[str], rows: list[list[str]]) -> None:
     from llmoffload.display import table
 
     print(f"\n{title}\n{table(header, rows)}")
+    SHOWN.append({"title": title, "header": header, "rows": rows})
 
 
 def main() -> None:
@@ -244,10 +272,20 @@ def main() -> None:
     parser.add_argument("--flood", action="store_true", help="only: latency under a flood")
     parser.add_argument("--requests", type=int, default=150, help="normal requests, --flood")
     parser.add_argument("--flood-mb", type=float, default=100.0, help="flood body size, MB")
+    parser.add_argument("--json", type=Path, help="also write every table here, as JSON")
     args = parser.parse_args()
+    try:
+        measure_all(args)
+    finally:
+        if args.json:
+            args.json.write_text(json.dumps(SHOWN, indent=1) + "\n")
+
+
+def measure_all(args: argparse.Namespace) -> None:
+    """Start the servers and print the tables ``args`` asks for."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        with llama_servers(SERVERS, work, verbose=True) as servers:
+        with llama_servers(SERVERS, work, verbose=True, vision=VISION) as servers:
             bound = load_deployment(write_deployment(work / "deployment.yaml", servers))
             print(f"deployment: {len(servers)} llama.cpp servers, tiny random model, max_tokens 8")
             if args.flood:

@@ -60,7 +60,8 @@ def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     lines = [up.stdout.readline() for _ in range(len(SERVERS) + 1)]
     assert lines[-1].startswith("Ctrl-C or SIGTERM"), "".join(lines) + up.stdout.read()
     for name, url in urls.items():
-        assert f"up: {name} at {url} (model tiny-{name})\n" in lines
+        sees = ", sees images" if name in ("edge-image", "cloud") else ""  # image modalities
+        assert f"up: {name} at {url} (model tiny-{name}{sees})\n" in lines
     yield urls
     up.send_signal(signal.SIGTERM)
     assert up.wait(timeout=30) == 0 and up.stdout.read() == "stopped\n"

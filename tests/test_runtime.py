@@ -35,6 +35,7 @@ from llmoffload.runtime.calibrate import (
     measure,
     prediction_error,
     relative_errors,
+    step_errors,
     trace_error,
 )
 from llmoffload.runtime.deployment import load_deployment
@@ -299,14 +300,22 @@ def test_calibration_predicts_real_subtask_times_better(deployment: Path) -> Non
         return sum(trace_error(batch, scenario) for batch in batches) / len(batches)
 
     assert error(fitted) < error(bound.scenario)
+    for batch in batches:  # per subtask, under its own modality; their mean is the batch's
+        per_step = step_errors(batch, fitted)
+        ran = [s for s in batch.steps if s.done is not None and not s.retried]
+        tasks = batch.instance.tasks
+        assert [m for m, _ in per_step] == [tasks[s.task].subtasks[s.subtask].modality for s in ran]
+        assert np.mean([e for _, e in per_step]) == pytest.approx(trace_error(batch, fitted))
 
 
+@pytest.mark.alone
 def test_the_token_fit_beats_the_cycles_fit_on_held_out_calls(deployment: Path) -> None:
     """Paired on each held-out call (prompts and outputs of several lengths), the token
     model's prediction is closer than the paper's clock on more calls than a coin would
     give: a one-sided sign test at p < 0.01. A loaded machine slows a call for both
     models alike, so the pairing keeps the check fair; what the clock cannot follow is
-    the output length."""
+    the output length. It measures the machine, so it runs alone (`-m alone`, after the
+    parallel suite): a busy neighbour makes the same call take from 5 to 40 ms."""
     bound = load_deployment(deployment)
 
     async def go() -> tuple[list[Sample], list[Sample]]:
@@ -437,3 +446,26 @@ def test_a_trained_run_plans_a_real_batch(deployment: Path, tmp_path: Path) -> N
     assert all(s.done.server == planned[s.task, s.subtask] for s in batch.steps)
     with pytest.raises(OffloadError, match="trained for 5 tasks"):
         run_batches(deployment, [requests[:1]], policy=str(run))
+
+
+def test_a_trained_gnn_sched_run_plans_and_serves(
+    deployment: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The centralised planner reads any number of tasks: one request is served as
+    planned, and a batch of every workflow runs where its schedule put it."""
+    monkeypatch.setenv("LLMOFFLOAD_CACHE", str(tmp_path))  # the expert's solves
+    run = tmp_path / "gnn"
+    args = ["train", "--algo", "gnn-sched", "--episodes", "4", "--out", str(run), "--workers"]
+    args += ["1", "--set", "expert_instances=2", "--set", "bc_epochs=2"]
+    trained = CliRunner().invoke(main_app, args)
+    assert trained.exit_code == 0, trained.output
+    requests = [Request(workflow=w, text="Inspect.") for w in WORKFLOWS]
+    (batch,) = run_batches(deployment, [requests], policy=str(run))
+    planned = placement(batch.schedule)
+    assert all(s.done.server == planned[s.task, s.subtask] for s in batch.steps)
+    bound = load_deployment(deployment)
+    with serve_app(create_app(bound, planner(str(run), bound), capacity=1)) as url:
+        ok = httpx.post(f"{url}/v1/requests", json={"workflow": "vqa", "text": "Why?"}, timeout=60)
+        assert ok.status_code == 200, ok.text
+        trace = ok.json()["trace"]
+        assert trace and all(s["server"] == s["planned"] for s in trace)

@@ -27,7 +27,9 @@ from llmoffload.experiments.study_report import Row, verdict
 from llmoffload.experiments.training import held_out, make_config
 from llmoffload.model.scenario import load_scenario, with_reward
 
-LEARNERS = ("ucb-coma", "coma", "maddpg", "mappo", "cs-ucb")
+# every registered learner but Random, which learns nothing; the bc ones start from the expert
+LEARNERS = ("ucb-coma", "coma", "maddpg", "mappo", "cs-ucb", "gnn-sched")
+LEARNERS += ("ucb-coma-bc", "coma-bc", "mappo-bc")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -39,7 +41,7 @@ def test_the_plan_trains_every_learner_masked_on_the_objective_beside_the_refere
     study = Study(seeds=(0, 1))
     specs = plan(study)
     assert study.methods == LEARNERS
-    assert len(specs) == 3 * 2 * (5 + 3)  # scenarios x seeds x (learners + references)
+    assert len(specs) == 3 * 2 * (9 + 3)  # scenarios x seeds x (learners + references)
     for spec in specs:
         name = scenario_of(spec)
         scenario = with_reward(load_scenario(name), "objective")
@@ -48,9 +50,10 @@ def test_the_plan_trains_every_learner_masked_on_the_objective_beside_the_refere
             scenario.network.bandwidth_mhz,
             scenario.t_max_s,
         )
-        if spec.method in LEARNERS:  # CS-UCB masks under any protocol: its protocol is "any"
+        if spec.method in LEARNERS:  # CS-UCB and gnn-sched always mask: protocol "any"
             assert spec.config() == make_config(spec.method, {}, "masked")
-            assert spec.protocol == ("any" if spec.method == "cs-ucb" else "masked")
+            masks = spec.method in ("cs-ucb", "gnn-sched")
+            assert spec.protocol == ("any" if masks else "masked")
             want = 190 if name == "contended" else 700  # about 17,500 decisions each
             assert (spec.episodes, spec.time_limit_s) == (want, 0.0)
         else:
@@ -114,7 +117,9 @@ def test_the_iqm_is_the_mean_of_the_middle_half_and_its_interval_holds_it() -> N
 
 def test_the_target_needs_both_bars_and_is_stated_either_way() -> None:
     def row(method: str, to_optimal: float, classic_high: float) -> Row:
-        return Row(method, Estimate(to_optimal, 1.0, 1.1), Estimate(0.9, 0.8, classic_high), 5.0, 3)
+        return Row(
+            method, Estimate(to_optimal, 1.0, 1.1), Estimate(0.9, 0.8, classic_high), 5.0, 3, 0.0
+        )
 
     learners = ("coma", "mappo")
     rows = [row("coma", 1.05, 0.9), row("mappo", 1.02, 0.97), row("heft", 1.0, 0.5)]

@@ -21,9 +21,24 @@ from llmoffload.errors import OffloadError
 EXIT_BAD_INPUT = 2  # the same code Typer uses for usage errors
 
 
-class ReportingGroup(TyperGroup):
+class PlainGroup(TyperGroup):
+    """Lists each command beside its help's whole first paragraph, wrapped: click's default
+    cuts it at the first full stop ("Reproduce the paper's Figs.") or at the line's end."""
+
+    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, " ".join((command.help or "").split("\n\n")[0].split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class ReportingGroup(PlainGroup):
     """Turns OffloadError, OSError and a bad option value (out of its range, missing) from
-    any subcommand into one line on stderr, exit 2, instead of Typer's box.
+    any subcommand into one line on stderr, exit 2, instead of click's usage text.
 
     Catching here, rather than in ``main``, makes in-process runs (tests,
     ``CliRunner``) behave exactly like the installed command.
@@ -44,16 +59,21 @@ class ReportingGroup(TyperGroup):
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-app = typer.Typer(
+def group(help: str, **extra: Any) -> typer.Typer:
+    """A command group whose help is click's plain text: Rich's boxes wrap every option's
+    help into a narrow column at 80 columns."""
+    extra.setdefault("cls", PlainGroup)
+    return typer.Typer(
+        help=help, no_args_is_help=True, add_completion=False, rich_markup_mode=None, **extra
+    )
+
+
+app = group(
+    "Fine-grained LLM inference offloading across edge servers and a cloud.",
     cls=ReportingGroup,
-    help="Fine-grained LLM inference offloading across edge servers and a cloud.",
-    no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
-scenario_app = typer.Typer(
-    help="Inspect and check scenario files.", no_args_is_help=True, add_completion=False
-)
+scenario_app = group("Inspect and check scenario files.")
 app.add_typer(scenario_app, name="scenario")
 
 
@@ -92,15 +112,9 @@ app.command("reproduce")(reproduce.reproduce_cmd)
 app.command("run")(runtime.run_cmd)
 app.command("calibrate")(runtime.calibrate_cmd)
 app.command("serve")(runtime.serve_cmd)
-deployment_app = typer.Typer(
-    help="Check deployment files.", no_args_is_help=True, add_completion=False
-)
+deployment_app = group("Check deployment files.")
 deployment_app.command("validate")(runtime.deployment_validate_cmd)
 app.add_typer(deployment_app, name="deployment")
-endpoints_app = typer.Typer(
-    help="Local llama.cpp servers for a deployment (needs the local extra).",
-    no_args_is_help=True,
-    add_completion=False,
-)
+endpoints_app = group("Local llama.cpp servers for a deployment (needs the local extra).")
 endpoints_app.command("up")(runtime.endpoints_up_cmd)
 app.add_typer(endpoints_app, name="endpoints")

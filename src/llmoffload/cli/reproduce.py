@@ -23,7 +23,11 @@ def reproduce_cmd(
         ),
     ] = "paper",
     quick: Annotated[
-        bool, typer.Option(help="2 seeds, fewer episodes and held-out: minutes, not hours.")
+        bool,
+        typer.Option(
+            help="2 seeds, 2 points per axis, 50 episodes, 10 held-out: about a minute "
+            "(--study beyond: 2 seeds, 50 episodes, 5 held-out)."
+        ),
     ] = False,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds 0..K-1 (default 3).")] = None,
     workers: Annotated[
@@ -50,7 +54,7 @@ def reproduce_cmd(
         int | None,
         typer.Option(
             min=1,
-            help="Training episodes per run (default 700, with --quick 100; --study beyond: "
+            help="Training episodes per run (default 700, with --quick 50; --study beyond: "
             "700, on contended 190, with --quick 50).",
         ),
     ] = None,

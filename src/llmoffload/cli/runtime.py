@@ -72,6 +72,16 @@ def run_cmd(
     deployment: DeploymentOption,
     workflow: Annotated[str, typer.Option(help="A workflow of the deployment's scenario.")],
     text: Annotated[str, typer.Option(help="The user's request.")],
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            help="An image (PNG, JPEG, WebP, GIF) for the image subtasks.", metavar="FILE"
+        ),
+    ] = None,
+    audio: Annotated[
+        Path | None,
+        typer.Option(help="Audio (WAV, MP3) for the audio subtasks.", metavar="FILE"),
+    ] = None,
     policy: PolicyOption = "heft",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     gantt: Annotated[
@@ -84,10 +94,18 @@ def run_cmd(
 
     from llmoffload.runtime.deployment import load_deployment
     from llmoffload.runtime.executor import Executor, Request, planner
+    from llmoffload.runtime.media import read_media
     from llmoffload.runtime.trace import draw_real_vs_predicted, result_json, trace_table
 
-    try:
-        request = Request(workflow=workflow, text=text)  # serve's rule for a request body
+    media = {}
+    for kind, path in (("image", image), ("audio", audio)):
+        if path is not None:
+            try:
+                media[kind] = read_media(kind, path)
+            except OffloadError as exc:
+                raise OffloadError(f"--{kind} {exc}") from None
+    try:  # serve's rules for a request body
+        request = Request(workflow=workflow, text=text, **media)
     except ValidationError as exc:
         raise OffloadError(f"--{one_line(exc)}") from None
     bound = load_deployment(deployment)
@@ -238,14 +256,15 @@ def endpoints_up_cmd(deployment: DeploymentOption) -> None:
     from llmoffload.runtime.deployment import load_deployment
     from llmoffload.runtime.local import addresses, started
 
-    at = addresses(load_deployment(deployment).deployment)
-    for host, port, _ in at.values():
-        check_free(host, port)
+    at = addresses(load_deployment(deployment))
+    for address in at.values():
+        check_free(address.host, address.port)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
     try:
         with tempfile.TemporaryDirectory() as work, started(at, Path(work)) as servers:
             for name, server in servers.items():
-                typer.echo(f"up: {name} at {server.url} (model {at[name][2]})")
+                sees = ", sees images" if at[name].vision else ""
+                typer.echo(f"up: {name} at {server.url} (model {at[name].model}{sees})")
             typer.echo("Ctrl-C or SIGTERM stops them")
             threading.Event().wait()  # until one of them interrupts it
     except KeyboardInterrupt:  # the servers are killed on the way out of ``started``

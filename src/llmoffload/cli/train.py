@@ -28,7 +28,11 @@ PROTOCOL_HELP = (
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
     algo: Annotated[
-        str, typer.Option(help="ucb-coma, coma, mappo, maddpg, cs-ucb or random (the paper's).")
+        str,
+        typer.Option(
+            help="ucb-coma, coma, mappo, maddpg, cs-ucb, random (the paper's), gnn-sched "
+            "(one graph policy cloned from CP-SAT, then PPO), ucb-coma-bc, coma-bc, mappo-bc."
+        ),
     ] = "ucb-coma",
     scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
     episodes: Annotated[int, typer.Option(min=1, help="Training episodes (paper: 700).")] = 700,
@@ -50,6 +54,15 @@ def train_cmd(
         str | None,
         typer.Option(help="Reward form: paper or objective (default: the scenario's)."),
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="none or bc: clone the CP-SAT expert's choices before RL (--set init=...)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes solving the expert's instances (init bc).")
+    ] = 2,
     force: Annotated[
         bool, typer.Option(help="Clear an earlier run's files from --out first.")
     ] = False,
@@ -61,12 +74,22 @@ def train_cmd(
         train,
     )
 
-    config = make_config(algo, parse_settings(settings or []), protocol)
+    overrides = parse_settings(settings or [])
+    config = make_config(algo, {**overrides, **({"init": init} if init else {})}, protocol)
     sc = load_scenario(scenario)
     sc = with_reward(sc, reward) if reward else sc
     lockstep = lockstep or LOCKSTEP
     rows = train(
-        algo, sc, episodes, seed, out, config, failure_prob, lockstep=lockstep, force=force
+        algo,
+        sc,
+        episodes,
+        seed,
+        out,
+        config,
+        failure_prob,
+        lockstep=lockstep,
+        force=force,
+        workers=workers,
     )
     tail = rows[-min(50, len(rows)) :]
     mean = sum(r["reward"] for r in tail) / len(tail)

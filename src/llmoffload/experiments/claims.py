@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmoffload.marl.registry import PAPER
+
 SHOWN = 2  # failing points a claim's verdict spells out; the tables hold the rest
-# The paper's six learners: each claim ranks all of them, so it is tested only when all
-# are swept (CS-UCB alone trivially "has the highest weighted sum").
-COMPARED = ("ucb-coma", "coma", "maddpg", "mappo", "cs-ucb", "random")
 Series = dict[str, tuple[np.ndarray, np.ndarray]]  # method -> (means, CI half-widths) per x
 Points = list[tuple[str, list[str], Series]]  # (figure, column labels, series)
 
@@ -36,8 +35,9 @@ def check(
     test: Callable[[list[tuple[str, float]]], bool],
 ) -> Verdict:
     """Apply ``test`` to the ranking at every point of every figure given; "not tested"
-    unless every learner the claim ranks (``COMPARED``) was swept."""
-    missing = [m for m in COMPARED if m not in methods]
+    unless every learner the claim ranks (the paper's six, ``registry.PAPER``) was swept:
+    CS-UCB alone would trivially "have the highest weighted sum"."""
+    missing = [m for m in PAPER if m not in methods]
     if missing:
         return Verdict(claim, "not tested", f"{', '.join(missing)} not in the sweep")
     fails, total = [], 0

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from llmoffload.experiments.claims import Series, Verdict, check_claims
-from llmoffload.experiments.plots import Panel, line_chart, reward_curve
+from llmoffload.experiments.plots import FEW_SEEDS, Panel, Values, line_chart, reward_curve
 from llmoffload.experiments.stats import ci95, trend
 from llmoffload.experiments.sweep import ANY, REFERENCES, Grid, Outcome, RunSpec
 from llmoffload.files import write_csv, write_text_atomic
@@ -105,17 +105,29 @@ class Axis:
             and all(getattr(r, k) == v for k, v in self.fixed.items())
         ]
 
+    def values(
+        self, records: list[Record], methods: list[str], metric: Callable[[Record], float]
+    ) -> Values:
+        """Per method, the metric of each seed's run at each x (none where no run)."""
+        return {
+            m: [np.array([metric(r) for r in self.runs(records, m, x)]) for x in self.xs]
+            for m in methods
+        }
+
     def series(
         self, records: list[Record], methods: list[str], metric: Callable[[Record], float]
     ) -> Series:
         """Per method, the metric's mean and CI half-width at each x; NaN where no run."""
-        out = {}
-        for m in methods:
-            stats = [
-                ci95([metric(r) for r in self.runs(records, m, x)] or [np.nan]) for x in self.xs
-            ]
-            out[m] = (np.array([s[0] for s in stats]), np.array([s[1] for s in stats]))
-        return out
+        return summary(self.values(records, methods, metric))
+
+
+def summary(values: Values) -> Series:
+    """Each method's mean and CI half-width over its seeds at each x; NaN where none."""
+    out = {}
+    for m, per_x in values.items():
+        stats = [ci95(v if v.size else [np.nan]) for v in per_x]
+        out[m] = (np.array([s[0] for s in stats]), np.array([s[1] for s in stats]))
+    return out
 
 
 def ratio_to(records: list[Record]) -> Callable[[Record], float]:
@@ -162,12 +174,27 @@ class Figure:
         return f"Fig. {self.number}: {self.caption}"
 
 
+@dataclass(frozen=True)
+class Unit:
+    """The paper's scale of a weighted-sum figure: its means' range onto [0.1, 1]."""
+
+    low: float
+    scale: float
+
+    @classmethod
+    def of(cls, series: Series) -> Unit:
+        finite = np.concatenate([m[np.isfinite(m)] for m, _ in series.values()])
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        return cls(float(lo), 0.9 / (hi - lo) if hi > lo else 0.0)
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        return 0.1 + (values - self.low) * self.scale
+
+
 def normalise(series: Series) -> Series:
     """Every mean mapped linearly onto [0.1, 1] over the figure (NaN kept), CIs alike."""
-    finite = np.concatenate([m[np.isfinite(m)] for m, _ in series.values()])
-    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-    scale = 0.9 / (hi - lo) if hi > lo else 0.0
-    return {k: (0.1 + (m - lo) * scale, h * scale) for k, (m, h) in series.items()}
+    unit = Unit.of(series)
+    return {k: (unit(m), h * unit.scale) for k, (m, h) in series.items()}
 
 
 def figures(grid: Grid) -> tuple[Axis, list[Figure], Axis]:
@@ -235,8 +262,9 @@ class Part:
     verdicts: list[Verdict]
 
 
-def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) -> None:
-    """Write every protocol's figures, their CSVs, and REPORT.md into ``out``."""
+def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) -> list[Part]:
+    """Write every protocol's figures, their CSVs, and REPORT.md into ``out``; returns each
+    protocol's numbers and verdicts (benchmarks/results.py's headline)."""
     parts = []
     for protocol in grid.protocols:
         runs = [s for s in specs if s.protocol in (protocol, ANY) and s.key in outcome.results]
@@ -244,6 +272,7 @@ def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) 
         tag = "" if protocol == "paper" else f"_{protocol}"
         parts.append(Part(protocol, *write_figures(grid, records, out, tag)))
     write_text_atomic(out / "REPORT.md", markdown(grid, specs, outcome, parts))
+    return parts
 
 
 def write_figures(
@@ -283,12 +312,13 @@ def write_figures(
 
     tables = {}
     for fig in lines:
-        raw = tables[fig.name] = fig.axis.series(records, every, fig.metric)
-        shown = normalise(raw) if fig.scaled else {m: raw[m] for m in methods}
-        line_chart(
-            [Panel(fig.axis.label, fig.ylabel, list(fig.axis.xs), shown, set(REFERENCES))],
-            out / f"{fig.name}{tag}.png",
-        )
+        values = fig.axis.values(records, every, fig.metric)
+        raw = tables[fig.name] = summary(values)
+        unit = Unit.of(raw) if fig.scaled else None
+        shown = normalise(raw) if unit else {m: raw[m] for m in methods}
+        seeds = {m: [unit(v) if unit else v for v in values[m]] for m in shown}
+        panel = Panel(fig.axis.label, fig.ylabel, list(fig.axis.xs), shown, set(REFERENCES), seeds)
+        line_chart([panel], out / f"{fig.name}{tag}.png")
         rows = long_rows(fig.axis, raw)
         if fig.scaled:
             scaled = long_rows(fig.axis, shown)
@@ -300,12 +330,16 @@ def write_figures(
         sections.append((fig.title, fig.name + tag, table(raw, fig.axis.labels())))
 
     one = [grid.failure_method]
-    fail = {
-        name: failure.series(records, one, metric)
+    fail_values = {
+        name: failure.values(records, one, metric)
         for name, metric in (("average reward", reward), ("weighted sum", objective))
     }
+    fail = {name: summary(v) for name, v in fail_values.items()}
     line_chart(
-        [Panel(failure.label, name, list(failure.xs), s) for name, s in fail.items()],
+        [
+            Panel(failure.label, name, list(failure.xs), fail[name], seeds=v)
+            for name, v in fail_values.items()
+        ],
         out / f"fig9_failures{tag}.png",
     )
     write_csv(
@@ -374,7 +408,10 @@ def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Par
         "A reference's is the reward of its schedules of the held-out instances. "
         "The weighted sum is the held-out objective (gamma latency + (1 - gamma) cost, lower "
         "is better); n/a where a policy leaves work undone. The figures of the weighted sum "
-        "scale it onto [0.1, 1] as the paper does; the tables give it unscaled.",
+        "scale it onto [0.1, 1] as the paper does; the tables give it unscaled. Figs. 5-9 "
+        "mark each seed's value beside the mean (x the first seed, + the second, ...); with "
+        f"{FEW_SEEDS} seeds or fewer they draw no t-interval, which would span ±12.7 standard "
+        "errors at 2.",
         "",
         PROTOCOL_TEXT + f" This report: {', '.join(grid.protocols)}.",
         "",
@@ -387,6 +424,21 @@ def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Par
         if s.method == "optimal" and s.key in outcome.results
         for p in outcome.results[s.key]["held_out"].get("proven", [])
     ]
+    paper = Grid()
+    lines += [
+        f"Budget: {len(specs)} runs from {len(grid.seeds)} seeds, {grid.episodes} training "
+        f"episodes per learner run, {len(grid.bandwidths_mhz)}, {len(grid.deadlines_s)} and "
+        f"{len(grid.failure_probs)} points on the bandwidth, deadline and failure axes (the "
+        f"paper's sweep: {len(paper.seeds)} seeds, {paper.episodes} episodes, "
+        f"{len(paper.bandwidths_mhz)}, {len(paper.deadlines_s)} and {len(paper.failure_probs)} "
+        "points)."
+    ]
+    if grid.episodes < paper.episodes or len(grid.seeds) < len(paper.seeds):
+        lines[-1] += (
+            " Under a smaller budget than the paper's the claims are judged on learners trained "
+            "less: the verdicts show the pipeline at work, not the paper's numbers."
+        )
+    lines.append("")
     lines.append(
         f"Runs: {len(specs) - missing} of {len(specs)} finished. Optimal is proven optimal on "
         f"{sum(proven)} of {len(proven)} held-out instances (the rest: the best schedule found)."

@@ -7,7 +7,8 @@ the ratios to Optimal, and the learners' training curves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from llmoffload.experiments.study import (
 from llmoffload.experiments.sweep import REFERENCES, Outcome, RunSpec
 from llmoffload.files import write_text_atomic
 
+STUDY_FILE = "study.json"
+
 TAUS = 200  # thresholds a performance profile is drawn at
 
 
@@ -44,6 +47,7 @@ class Row:
     to_classic: Estimate | None
     objective: float  # the mean held-out objective over its runs' instances
     runs: int
+    train_s: float  # mean wall seconds to train a run (expert data included); 0: none
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class Section:
 
 
 def write_report(study: Study, specs: list[RunSpec], outcome: Outcome, out: Path) -> None:
-    """Write each scenario's figures and REPORT.md into ``out``."""
+    """Write each scenario's figures, REPORT.md, and ``study.json``: the study as run, so
+    that benchmarks/results.py can plan the same runs and find them in the cache."""
     sections = []
     for name in study.scenarios:
         runs = [s for s in specs if scenario_of(s) == name]
@@ -67,6 +72,7 @@ def write_report(study: Study, specs: list[RunSpec], outcome: Outcome, out: Path
         setting = f"W = {runs[0].bandwidth_mhz:g} MHz, T_max = {runs[0].deadline_s:g} s"
         sections.append(section(study, name, setting, results, out))
     write_text_atomic(out / "REPORT.md", markdown(study, specs, outcome, sections))
+    write_text_atomic(out / STUDY_FILE, json.dumps(asdict(study), indent=1) + "\n")
 
 
 def section(
@@ -84,6 +90,7 @@ def section(
             vs_classic.get(m),
             float(np.mean(list(objs[m].values()))),
             len(objs[m]),
+            float(np.mean([r.get("train_s", 0.0) for r in results if r["spec"]["method"] == m])),
         )
         for m in (*study.methods, *REFERENCES)
         if m in objs
@@ -174,7 +181,7 @@ def markdown(study: Study, specs: list[RunSpec], outcome: Outcome, sections: lis
     lines += [f"- failed: {f}" for f in failed]
     header = (
         "| method | ratio to Optimal (IQM [95% CI]) | ratio to best classic (IQM [95% CI]) "
-        "| mean objective | runs |"
+        "| mean objective | runs | train s |"
     )
     for sec in sections:
         lines += ["", f"## {sec.scenario} ({sec.setting})", "", sec.verdict, ""]
@@ -182,10 +189,10 @@ def markdown(study: Study, specs: list[RunSpec], outcome: Outcome, sections: lis
             f"Optimal is proven optimal on {sum(sec.proven)} of {len(sec.proven)} held-out "
             "instances (the rest: the best schedule found)."
         )
-        lines += ["", header, "|---|---:|---:|---:|---:|"]
+        lines += ["", header, "|---|---:|---:|---:|---:|---:|"]
         lines += [
             f"| {r.method} | {estimate(r.to_optimal)} | {estimate(r.to_classic)} "
-            f"| {r.objective:.4g} | {r.runs} |"
+            f"| {r.objective:.4g} | {r.runs} | {r.train_s:.0f} |"
             for r in sec.rows
         ]
         lines += ["", *(f"![{sec.scenario}: {what}]({path})" for path, what in sec.figures)]

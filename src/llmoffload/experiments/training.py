@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -24,12 +25,14 @@ import torch
 from tqdm import tqdm
 
 from llmoffload.errors import OffloadError
+from llmoffload.experiments.expert import demonstrations
 from llmoffload.files import check_output, replacing, write_csv, write_text_atomic
-from llmoffload.marl.env import OffloadEnv, outcome, schedule_reward
+from llmoffload.marl.env import VIOLATIONS, OffloadEnv, lateness, outcome, schedule_reward
+from llmoffload.marl.imitation import Demo, agent_states, check_init, clone_actors
 from llmoffload.marl.learner import Learner, Transition
 from llmoffload.marl.ranges import Range, check_config, settings_of
 from llmoffload.marl.registry import LEARNERS
-from llmoffload.model.execution import Schedule
+from llmoffload.model.execution import Schedule, evaluate
 from llmoffload.model.instance import Instance, sample_instance
 from llmoffload.model.scenario import Scenario, parse_scenario
 from llmoffload.schedulers.registry import classic
@@ -190,10 +193,39 @@ def new_learner(algo: str, config: Any, env: OffloadEnv, seed: int) -> Learner:
     The networks are tiny, so one CPU thread is fastest: more threads only
     spin and wait (measured 0.5 ms vs 35 ms per actor call on a busy 2-core box).
     """
+    check_init(getattr(config, "init", "none"))
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     return LEARNERS[algo].build(env.layout, len(env.possible_agents), config, rng)
+
+
+def is_planner(learner: Learner) -> bool:
+    """A centralised planner (gnn-sched) schedules a whole instance at once (``plan``)
+    and trains on instances (``train_on``), not on the multi-agent env's steps."""
+    return hasattr(learner, "plan")
+
+
+def warm_start(learner: Any, env: OffloadEnv, demos: list[Demo]) -> float:
+    """Behaviour cloning before RL (``init="bc"``): a planner on its own view, the
+    paper's learners per agent; returns the agreement with the expert on its states."""
+    if is_planner(learner):
+        return learner.imitate(demos)
+    return clone_actors(learner.actors, agent_states(env, demos), learner.config, learner.generator)
+
+
+def schedule_row(instance: Instance, schedule: Schedule) -> dict[str, float]:
+    """A planner's episode as the env would report it: no refused action, every subtask
+    done, the deadline violations of its late dispatches."""
+    late = sum(lateness(instance, run) > 0 for run in schedule.runs)
+    violations = {f"violations_{k}": late if k == "deadline" else 0 for k in VIOLATIONS}
+    return {
+        "reward": schedule_reward(instance, schedule),
+        "steps": len(schedule.runs),
+        "undone": 0,
+        **violations,
+        **outcome(schedule),
+    }
 
 
 def train(
@@ -208,14 +240,25 @@ def train(
     lockstep: int = LOCKSTEP,
     plot: bool = True,
     force: bool = False,
+    workers: int = 1,
 ) -> list[dict[str, float]]:
-    """Train ``episodes`` episodes, ``lockstep`` at a time (``run_episodes``), and write
+    """Train ``episodes`` episodes, ``lockstep`` at a time (``run_episodes``; a planner:
+    ``group`` schedules per training instance), after behaviour cloning of the expert
+    if ``init="bc"`` (its CP-SAT schedules solved on ``workers`` processes), and write
     the run directory (``reward_curve.png`` if ``plot``; an earlier run's there is
     cleared only if ``force``); returns the CSV rows."""
     check_failure_prob(failure_prob)
     envs = [OffloadEnv(scenario, failure_prob=failure_prob) for _ in range(lockstep)]
     learner = new_learner(algo, config, envs[0], seed)
     run_directory(out, force)
+    began = time.perf_counter()
+    clock: dict[str, float] = {}
+    if getattr(config, "init", "none") == "bc":
+        seeds = [episode_seed(seed, TRAIN, e) for e in range(config.expert_instances)]
+        demos = demonstrations(scenario, seeds, config.expert_time_limit_s, workers, progress)
+        clock["expert_s"] = time.perf_counter() - began
+        clock["bc_agreement"] = warm_start(learner, envs[0], demos)
+        clock["bc_s"] = time.perf_counter() - began - clock["expert_s"]
     meta = {
         "algo": algo,
         "seed": seed,
@@ -225,15 +268,21 @@ def train(
         "config": asdict(config),
         "scenario": scenario.model_dump(mode="json"),
     }
-    write_text_atomic(out / "config.json", json.dumps(meta, indent=1) + "\n")
     board = tensorboard(out)
     rows = []
     bar = tqdm(total=episodes, desc=f"train {algo}", unit="ep", disable=not progress)
-    for first in range(0, episodes, lockstep):
-        block = range(first, min(first + lockstep, episodes))
+    step = config.group if is_planner(learner) else lockstep
+    for u, first in enumerate(range(0, episodes, step)):
+        block = range(first, min(first + step, episodes))
         learner.progress = first / episodes
-        seeds = [episode_seed(seed, TRAIN, e) for e in block]
-        played = run_episodes(envs[: len(block)], learner, seeds, True)
+        if is_planner(learner):  # training instance u, ``group`` schedules sampled on it
+            rng = np.random.default_rng(episode_seed(seed, TRAIN, u))
+            instance = sample_instance(scenario, rng)
+            sampled = learner.train_on(instance)[: len(block)]
+            played = [schedule_row(instance, schedule) for schedule in sampled]
+        else:
+            seeds = [episode_seed(seed, TRAIN, e) for e in block]
+            played = run_episodes(envs[: len(block)], learner, seeds, True)
         for e, summary in zip(block, played, strict=True):
             rows.append({"episode": e, **summary})
             if board:
@@ -243,6 +292,8 @@ def train(
     bar.close()
     if board:
         board.close()
+    clock["train_s"] = time.perf_counter() - began
+    write_text_atomic(out / "config.json", json.dumps({**meta, **clock}, indent=1) + "\n")
     write_csv(out / "episodes.csv", rows)
     with replacing(out / "checkpoint.pt") as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, **meta, "learner": learner.state_dict()}, tmp)
@@ -323,14 +374,16 @@ def load_run(run: Path) -> tuple[dict[str, Any], Any, OffloadEnv]:
     return ckpt, learner, env
 
 
-def check_fits(env: OffloadEnv, instance: Instance) -> None:
+def check_fits(env: OffloadEnv, instance: Instance, any_size: bool = False) -> None:
     """Refuse an instance the run's networks cannot read: they are sized for the number
-    of tasks, the servers, the modalities and the longest workflow it was trained on."""
+    of tasks, the servers, the modalities and the longest workflow it was trained on (a
+    planner, ``any_size``, reads any number of tasks and subtasks)."""
     trained = sizes(len(env.possible_agents), env.scenario)
     given = sizes(len(instance.tasks), instance.scenario)
-    differs = [f"{given[k]} {k}" for k in trained if given[k] != trained[k]]
+    read = [k for k in trained if not (any_size and k == "tasks")]
+    differs = [f"{given[k]} {k}" for k in read if given[k] != trained[k]]
     longest = max(len(task.subtasks) for task in instance.tasks)
-    if longest > env.layout.subtasks:
+    if longest > env.layout.subtasks and not any_size:
         differs.append(f"a task of {longest} subtasks")
     if differs:
         shape = ", ".join(f"{v} {k}" for k, v in trained.items())
@@ -354,7 +407,9 @@ def trained_policy(run: Path) -> Callable[[Instance], Schedule]:
     _, learner, env = load_run(run)
 
     def schedule(instance: Instance) -> Schedule:
-        check_fits(env, instance)
+        check_fits(env, instance, is_planner(learner))
+        if is_planner(learner):
+            return evaluate(instance, learner.plan(instance))
         summary = run_episode(env, learner, 0, False, instance)
         if summary["undone"]:
             raise OffloadError(
@@ -399,7 +454,10 @@ def evaluate_run(
     for first in range(0, episodes, EVAL_LOCKSTEP):
         block = cases[first : first + EVAL_LOCKSTEP]
         seeds, instances = [seed for _, seed, _ in block], [inst for *_, inst in block]
-        played = run_episodes(envs[: len(block)], learner, seeds, False, instances)
+        if is_planner(learner):
+            played = [schedule_row(i, evaluate(i, learner.plan(i))) for i in instances]
+        else:
+            played = run_episodes(envs[: len(block)], learner, seeds, False, instances)
         for (e, seed, inst), summary in zip(block, played, strict=True):
             row = {"episode": e, **summary}
             if references:

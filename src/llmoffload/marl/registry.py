@@ -14,6 +14,7 @@ import numpy as np
 
 from llmoffload.marl.algorithms.coma import Coma, ComaConfig
 from llmoffload.marl.algorithms.cs_ucb import CsUcb, CsUcbConfig
+from llmoffload.marl.algorithms.gnn_sched import GnnSched, GnnSchedConfig
 from llmoffload.marl.algorithms.maddpg import Maddpg, MaddpgConfig
 from llmoffload.marl.algorithms.mappo import Mappo, MappoConfig
 from llmoffload.marl.algorithms.random_policy import RandomConfig, RandomPolicy
@@ -30,6 +31,8 @@ class Learned:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
+# the paper's six methods, what its sweep (Figs. 4-9) compares
+PAPER = ("ucb-coma", "coma", "maddpg", "mappo", "cs-ucb", "random")
 LEARNERS: dict[str, Learned] = {
     "ucb-coma": Learned(ComaConfig, Coma, {"ucb": True}),
     "coma": Learned(ComaConfig, Coma, {"ucb": False}),
@@ -37,4 +40,9 @@ LEARNERS: dict[str, Learned] = {
     "mappo": Learned(MappoConfig, Mappo),
     "cs-ucb": Learned(CsUcbConfig, CsUcb),
     "random": Learned(RandomConfig, RandomPolicy),
+    "gnn-sched": Learned(GnnSchedConfig, GnnSched),
+    # the paper's learners started from the expert (marl/imitation.py), then their own RL
+    "ucb-coma-bc": Learned(ComaConfig, Coma, {"ucb": True, "init": "bc"}),
+    "coma-bc": Learned(ComaConfig, Coma, {"ucb": False, "init": "bc"}),
+    "mappo-bc": Learned(MappoConfig, Mappo, {"init": "bc"}),
 }

@@ -212,10 +212,14 @@ class Execution:
             default=t.arrival[task],
         )
 
-    def timing(self, task: int, subtask: int, server: int) -> tuple[float, float]:
-        """(start, end) this subtask would get if dispatched now; must be valid."""
+    def timing(
+        self, task: int, subtask: int, server: int, ready: float | None = None
+    ) -> tuple[float, float]:
+        """(start, end) this subtask would get if dispatched now; must be valid. ``ready``:
+        its ``ready_time`` there, if the caller has it already."""
         t = self.tables
-        start = max(self.ready_time(task, subtask, server), self.free[server])
+        ready = self.ready_time(task, subtask, server) if ready is None else ready
+        start = max(ready, self.free[server])
         up = t.upload[task][subtask][server]
         return start, start + up + t.compute[task][subtask][server]
 
@@ -271,10 +275,16 @@ class Execution:
         """What dispatching now would add to the task's weighted objective so far,
         gamma * latency_so_far + (1 - gamma) * cost so far (queue waiting included):
         summed over a schedule's dispatches, it is the schedule's objective."""
-        t = self.tables
         start, end = self.timing(task, subtask, server)
-        grown = self.latency_so_far(task, (subtask, server, start, end))
-        latency = grown - self.latency_so_far(task)
+        return self.increase(task, subtask, server, start, end, self.latency_so_far(task))
+
+    def increase(
+        self, task: int, subtask: int, server: int, start: float, end: float, before: float
+    ) -> float:
+        """``objective_increase`` of a dispatch over [start, end], the task's latency so far
+        being ``before`` (a caller that keeps it need not recompute it)."""
+        t = self.tables
+        latency = self.latency_so_far(task, (subtask, server, start, end)) - before
         return t.gamma * latency + (1.0 - t.gamma) * t.cost[task][subtask][server]
 
     def task_result(self, task: int) -> TaskResult:

@@ -98,6 +98,8 @@ class Server(Model):
     cloud any number (``null``); a cloud with ``slots: K`` is one with K replicas.
     ``call_ms``, ``prefill_ms_per_token``, ``decode_ms_per_token``: its LLM's time per
     call, per prompt token and per generated token, for ``compute: tokens`` only.
+    ``image_tokens_per_mpx``: the prompt tokens its encoder makes of an image, per
+    megapixel (calibration measures it); a plan counts an image's tokens by it.
     """
 
     name: str
@@ -109,6 +111,7 @@ class Server(Model):
     call_ms: NonNegative | None = optional()
     prefill_ms_per_token: NonNegative | None = optional()
     decode_ms_per_token: NonNegative | None = optional()
+    image_tokens_per_mpx: NonNegative | None = optional()
 
     @model_validator(mode="before")
     @classmethod

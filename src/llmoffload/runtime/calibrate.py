@@ -2,17 +2,23 @@
 
 The execution model predicts a subtask's time on server s as upload plus compute
 (docs/model.md §3). Calibration sends each endpoint prompts of several lengths, asking
-for several output lengths, measures each call's wall time t and token counts, and
-fits the compute part ``t - D / r_up(s)`` per server:
+for several output lengths (and, to a server that takes images, prompts with an image
+of each of IMAGE_SIDES, counted in D by its bytes and in P by the server's own token
+count), measures each call's wall time t and token counts, and fits the compute part
+``t - D / r_up(s)`` per server:
 
 - ``tokens`` (the default): ``call + prefill P + decode O`` ms, P and O the call's prompt
   and output tokens. From the server's own prefill and decode milliseconds where it
   reports them (llama.cpp's ``timings``): prefill and decode are their totals over the
   tokens, the per-call overhead the median of what the wall time leaves. Otherwise
-  (OpenAI-compatible servers without them) by non-negative least squares of the wall
-  times on (1, P, O).
-- ``cycles`` (the paper's model): the clock f_s, by least squares through the origin
-  of the compute part on ``c D``; output length does not enter it.
+  (OpenAI-compatible servers without them) by a non-negative median regression (least
+  absolute error) of the wall times on (1, P, O).
+- ``cycles`` (the paper's model): the clock f_s, by a median regression through the
+  origin of the compute part on ``c D``; output length does not enter it.
+
+Both fits are median regressions, not least squares: on a shared machine a call now
+and then waits for the CPU (the same call takes 5 ms or 40 ms), and least squares
+would follow those calls.
 
 The link rates stay the scenario's: a loopback or LAN test cannot measure a wireless
 uplink. Every probe prompt is new (words drawn from one seeded generator), so a
@@ -34,11 +40,14 @@ from llmoffload.model.instance import Instance, Subtask, Task
 from llmoffload.model.scenario import TIMINGS, Scenario, parse_scenario
 from llmoffload.runtime.deployment import Bound
 from llmoffload.runtime.executor import Batch, EndpointError, Step, complete, token_counts
+from llmoffload.runtime.media import Media, checked, pattern_png, takes
 
 PROMPT_WORDS = (2, 12, 40)  # ~16 to ~320 bytes: short requests to long contexts
 OUTPUT_TOKENS = (4, 16, 48)  # max_tokens asked for: decode time must vary to be fitted
 WORDS = ("check", "the", "pump", "audio", "log", "for", "a", "fault", "and", "explain", "why")
 MAX_GHZ = 1e6  # a server whose calls the model's upload time alone already explains
+IMAGE_SIDES = (64, 128)  # px, square: the image probes of a server that takes images
+Probe = tuple[str, int, tuple[Media, ...]]  # prompt, max_tokens, media sent before it
 
 
 @dataclass(frozen=True)
@@ -51,16 +60,31 @@ class Sample:
     output_tokens: int
     seconds: float
     timings_ms: tuple[float, float] | None = None  # the server's prefill and decode ms
+    media_bytes: int = 0  # of the bits, the image's (or audio's)
+    pixels: int = 0  # the image's width times height
 
 
-def probe_prompts(rounds: int, rng: np.random.Generator) -> list[tuple[str, int]]:
-    """(prompt, max_tokens) for every prompt length and output length, ``rounds`` times."""
-    return [
-        (" ".join(rng.choice(WORDS, size=n)), out)
+def probes(rounds: int, rng: np.random.Generator, images: bool) -> list[Probe]:
+    """(prompt, max_tokens, media) for every prompt length and output length, ``rounds``
+    times; for a server that takes images, also a mid-length prompt with an image of each
+    of IMAGE_SIDES, so the fit sees prefill grow with the image's tokens."""
+    text = [
+        (" ".join(rng.choice(WORDS, size=n)), out, ())
         for _ in range(rounds)
         for n in PROMPT_WORDS
         for out in OUTPUT_TOKENS
     ]
+    seen = [
+        (" ".join(rng.choice(WORDS, size=PROMPT_WORDS[1])), out, (probe_image(side),))
+        for _ in range(rounds if images else 0)
+        for side in IMAGE_SIDES
+        for out in OUTPUT_TOKENS
+    ]
+    return text + seen
+
+
+def probe_image(side: int) -> Media:
+    return checked("image", pattern_png(side, side))
 
 
 async def measure(
@@ -70,21 +94,26 @@ async def measure(
     rng = np.random.default_rng(seed)
     samples = []
     for server, endpoint in enumerate(bound.endpoints):
-        for prompt, max_tokens in probe_prompts(rounds, rng):
+        images = takes("image", bound.scenario.servers[server].modalities)
+        for prompt, max_tokens, media in probes(rounds, rng, images):
             began = time.perf_counter()
             try:
-                reply = await complete(client, endpoint, bound.deployment, prompt, max_tokens)
+                reply = await complete(
+                    client, endpoint, bound.deployment, prompt, max_tokens, media
+                )
             except EndpointError as exc:
                 raise EndpointError(f"{bound.scenario.servers[server].name}: {exc}") from None
             seconds = time.perf_counter() - began
             samples.append(
                 Sample(
                     server,
-                    8.0 * len(prompt.encode()),
+                    8.0 * (len(prompt.encode()) + sum(len(m.data) for m in media)),
                     reply.prompt_tokens,
                     reply.completion_tokens,
                     seconds,
                     reply.timings_ms,
+                    sum(len(m.data) for m in media),
+                    sum(m.pixels for m in media),
                 )
             )
     return samples
@@ -135,8 +164,14 @@ def relative_errors(scenario: Scenario, bound: Bound, samples: list[Sample]) -> 
 
 
 def trace_error(batch: Batch, scenario: Scenario) -> float:
-    """Mean |real - predicted| duration of a batch's subtasks that ran where planned, each
-    predicted with its real token counts under ``compute: tokens``."""
+    """Mean |real - predicted| duration of a batch's subtasks that ran where planned."""
+    errors = [e for _, e in step_errors(batch, scenario)]
+    return sum(errors) / len(errors)
+
+
+def step_errors(batch: Batch, scenario: Scenario) -> list[tuple[str, float]]:
+    """(modality, |real - predicted| duration) of each subtask of a batch that ran where
+    planned, predicted with its real token counts under ``compute: tokens``."""
     steps = {(s.task, s.subtask): s for s in batch.steps}
     tasks = [
         task.model_copy(
@@ -155,8 +190,11 @@ def trace_error(batch: Batch, scenario: Scenario) -> float:
     for step in batch.steps:
         if step.done is not None and not step.retried:
             run = runs[step.task, step.subtask]
-            errors.append(abs(step.done.end - step.done.start - run.upload - run.compute))
-    return sum(errors) / len(errors)
+            modality = tasks[step.task].subtasks[step.subtask].modality
+            errors.append(
+                (modality, abs(step.done.end - step.done.start - run.upload - run.compute))
+            )
+    return errors
 
 
 def measured_tokens(scenario: Scenario, step: Step) -> dict[str, int | None]:
@@ -166,10 +204,10 @@ def measured_tokens(scenario: Scenario, step: Step) -> dict[str, int | None]:
 
 
 def clock_ghz(samples: list[Sample], uploads: list[float], cycles_per_bit: float) -> float:
-    """f_s: compute seconds = (c D) / f, least squares for 1 / f through the origin."""
-    xs = np.array([cycles_per_bit * s.bits for s in samples])
+    """f_s: compute seconds = (c D) / f, a median regression for 1 / f through the origin."""
+    xs = np.array([[cycles_per_bit * s.bits] for s in samples])
     ys = np.array([max(s.seconds - up, 0.0) for s, up in zip(samples, uploads, strict=True)])
-    slope = float(xs @ ys / (xs @ xs))
+    (slope,) = median_fit(xs, ys)
     return MAX_GHZ if slope <= 0 else min(1.0 / slope / 1e9, MAX_GHZ)
 
 
@@ -183,10 +221,31 @@ def token_timings(samples: list[Sample], uploads: list[float]) -> dict[str, floa
         call = float(np.median(wall_ms - prefill_ms - decode_ms))
         coef = [call, prefill_ms.sum() / prompt.sum(), decode_ms.sum() / output.sum()]
     else:
-        from scipy.optimize import nnls  # SciPy only when calibrating
-
-        coef, _ = nnls(np.column_stack([np.ones_like(prompt), prompt, output]), wall_ms)
+        coef = median_fit(np.column_stack([np.ones_like(prompt), prompt, output]), wall_ms)
     return dict(zip(TIMINGS, (max(float(c), 0.0) for c in coef), strict=True))
+
+
+def image_tokens(samples: list[Sample]) -> dict[str, float]:
+    """image_tokens_per_mpx of a server that was sent images: its prompt tokens fitted on
+    (1, text bytes, pixels), the text probes pinning what the text costs."""
+    if not any(s.pixels for s in samples):
+        return {}
+    xs = np.array([[1.0, s.bits / 8.0 - s.media_bytes, s.pixels] for s in samples])
+    coef = median_fit(xs, np.array([s.prompt_tokens for s in samples], dtype=float))
+    return {"image_tokens_per_mpx": float(coef[2]) * 1e6}
+
+
+def median_fit(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The non-negative coefficients c of least absolute error sum |xs c - ys| (a median
+    regression), solved exactly as a linear program: a call a busy machine slowed pulls
+    the fit no further than any other call, where least squares would follow it."""
+    from scipy.optimize import linprog  # SciPy only when calibrating
+
+    n, k = xs.shape  # minimise sum(u + v) with xs c + u - v = ys and c, u, v >= 0
+    cost = np.concatenate([np.zeros(k), np.ones(2 * n)])
+    equal = np.hstack([xs, np.eye(n), -np.eye(n)])
+    found = linprog(cost, A_eq=equal, b_eq=ys, bounds=(0, None), method="highs")
+    return found.x[:k]
 
 
 def fit(bound: Bound, samples: list[Sample], compute: str = "tokens") -> Scenario:
@@ -198,7 +257,7 @@ def fit(bound: Bound, samples: list[Sample], compute: str = "tokens") -> Scenari
         own = [(s, up) for s, up in zip(samples, uploads, strict=True) if s.server == k]
         mine, ups = [s for s, _ in own], [up for _, up in own]
         if compute == "tokens":
-            servers.append(server.model_dump() | token_timings(mine, ups))
+            servers.append(server.model_dump() | token_timings(mine, ups) | image_tokens(mine))
         else:
             ghz = clock_ghz(mine, ups, sc.workload.cycles_per_bit)
             servers.append(server.model_dump(exclude=set(TIMINGS)) | {"ghz": ghz})

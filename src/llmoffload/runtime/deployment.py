@@ -3,7 +3,9 @@
 A deployment binds every server of a scenario (built-in name, or a YAML path relative to
 the deployment file) to an OpenAI-compatible endpoint. The scenario the policy plans with
 is the deployment's view of it: each server's modalities and price as the endpoint offers
-them (a subset of the scenario's; the cloud must still serve every modality).
+them (a subset of the scenario's; the cloud must still serve every modality). An endpoint
+serving a modality with an image or audio in it is sent them as chat content parts, so it
+must speak the chat API.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from llmoffload.model.scenario import (
     one_line,
     parse_scenario,
 )
+from llmoffload.runtime.media import ACCEPTED, kinds
 
 DEFAULT_TEMPLATES = {
     "analysis": "Plan the steps for this request.\nRequest: {request}\n",
@@ -139,6 +142,12 @@ def bind(deployment: Deployment, base: Scenario, source: str) -> Bound:
             raise OffloadError(
                 f"{source}: endpoint '{server.name}' lists modality '{extra[0]}', which the "
                 f"scenario's server does not serve ({', '.join(server.modalities)})"
+            )
+        media = [m for m in modalities if set(kinds(m)) & set(ACCEPTED)]
+        if media and ep.api != "chat":
+            raise OffloadError(
+                f"{source}: endpoint '{server.name}' serves modality '{media[0]}', which needs "
+                f"api: chat (a completions prompt carries no image or audio)"
             )
         price = server.usd_per_ghz if ep.usd_per_ghz is None else ep.usd_per_ghz
         servers.append(server.model_dump() | {"modalities": modalities, "usd_per_ghz": price})

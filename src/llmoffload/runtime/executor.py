@@ -1,8 +1,9 @@
 """Run requests for real: plan with a policy, then send every subtask to its endpoint.
 
-One batch of concurrent requests becomes one ``Instance`` (sizes from the real prompts),
-the policy's dispatch order becomes the plan, and the execution model's schedule of that
-order is the prediction every real step is traced beside. Planned together (the
+One batch of concurrent requests becomes one ``Instance`` (sizes from the real prompts and
+the image or audio each request carries), the policy's dispatch order becomes the plan,
+and the execution model's schedule of that order is the prediction every real step is
+traced beside. Planned together (the
 default), a batch is planned against the work earlier batches still have queued (the
 executor's ``Ledger``, as the instance's ``busy_s``) and each edge runs its subtasks in
 the order they were planned, across batches; planned alone, a batch sees idle servers
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,15 +34,23 @@ from llmoffload.model.instance import Instance, Subtask, Task
 from llmoffload.model.scenario import Model, Scenario
 from llmoffload.runtime.deployment import Bound, Deployment, Endpoint
 from llmoffload.runtime.ledger import Booking, Ledger
+from llmoffload.runtime.media import Audio, Image, Media, kinds, takes
 
 BYTES_PER_TOKEN = 4  # a completion's expected size: max_tokens tokens of about 4 UTF-8 bytes
 
 
 class Request(Model):
-    """One user request: which workflow of the scenario, and what the user asked."""
+    """One user request: which workflow of the scenario, what the user asked, and the
+    image and audio the user sent with it (base64 in a service's JSON body)."""
 
     workflow: str
     text: str
+    image: Image | None = None
+    audio: Audio | None = None
+
+    def media(self, modality: str) -> list[Media]:
+        """The payloads a subtask of this modality is sent (and sized by)."""
+        return [m for m in (self.image, self.audio) if m is not None and m.kind in kinds(modality)]
 
     @field_validator("text")
     @classmethod
@@ -169,10 +178,14 @@ def build_instance(
 
     A subtask's input is its prompt without predecessors' outputs (known now) plus the
     outputs it will receive, each estimated as max_tokens * BYTES_PER_TOKEN bytes; its
-    output is that same estimate. Cycles follow the scenario's cycles per bit; with
-    ``compute: tokens`` the prompt is that input at BYTES_PER_TOKEN bytes a token (a cheap
-    estimate that needs no tokenizer) and the output ``max_tokens``. A prompt over
-    ``max_prompt_tokens`` is refused now, before any endpoint spends time on it.
+    output is that same estimate. A subtask sent the request's image or audio (by its
+    modality: ``image`` and ``image+text`` take the image) has the payload's bytes in its
+    input too. Cycles follow the scenario's cycles per bit; with ``compute: tokens`` the
+    prompt is the text input at BYTES_PER_TOKEN bytes a token (a cheap estimate that needs
+    no tokenizer) plus the image's tokens (``image_tokens``: what calibration measured the
+    servers' encoders make of a megapixel; audio's are not counted) and the output
+    ``max_tokens``. A prompt over ``max_prompt_tokens``, or a payload no
+    subtask of the workflow takes, is refused now, before any endpoint spends time on it.
     """
     sc, dep = bound.scenario, bound.deployment
     out_bits = 8.0 * BYTES_PER_TOKEN * dep.max_tokens
@@ -185,18 +198,26 @@ def build_instance(
                 f"(scenario '{sc.name}' has {', '.join(sc.workflows)})"
             )
         order = flow.order()
+        for media in (req.image, req.audio):
+            if media is not None and not takes(media.kind, flow.nodes.values()):
+                raise OffloadError(
+                    f"request {i}: workflow '{req.workflow}' has no {media.kind} subtask "
+                    f"to send the {media.kind} to"
+                )
         subtasks = []
         for name in order:
             preds = sorted(order.index(p) for p in flow.predecessors(name))
             template = dep.templates[stage(bool(preds), name == order[-1])]
             prompt = render(template, req, name, flow.nodes[name], "")
-            bits = 8.0 * len(prompt.encode()) + out_bits * len(preds)
-            tokens = bits / 8.0 / BYTES_PER_TOKEN
+            text_bits = 8.0 * len(prompt.encode()) + out_bits * len(preds)
+            media = req.media(flow.nodes[name])
+            tokens = text_bits / 8.0 / BYTES_PER_TOKEN + image_tokens(sc, flow.nodes[name], media)
             if tokens > dep.max_prompt_tokens:
                 raise TooLong(
                     f"request {i}: subtask '{name}' would get a prompt of about {tokens:.0f} "
                     f"tokens, over the deployment's max_prompt_tokens ({dep.max_prompt_tokens})"
                 )
+            bits = text_bits + 8.0 * sum(len(m.data) for m in media)
             subtasks.append(
                 Subtask(
                     name=name,
@@ -210,6 +231,18 @@ def build_instance(
             )
         tasks.append(Task(workflow=req.workflow, distances_m=bound.distances_m, subtasks=subtasks))
     return Instance(scenario=sc, tasks=tasks, busy_s=busy_s)
+
+
+def image_tokens(sc: Scenario, modality: str, media: list[Media]) -> float:
+    """The prompt tokens a subtask's image makes: its megapixels at the mean rate of the
+    servers that serve its modality and were calibrated on images (none: 0)."""
+    rates = [
+        s.image_tokens_per_mpx
+        for s in sc.servers
+        if modality in s.modalities and s.image_tokens_per_mpx is not None
+    ]
+    pixels = sum(m.pixels for m in media)
+    return pixels / 1e6 * sum(rates) / len(rates) if rates else 0.0
 
 
 def ready_times(instance: Instance, order: list[Dispatch]) -> dict[tuple[int, int], float]:
@@ -240,16 +273,20 @@ async def complete(
     dep: Deployment,
     prompt: str,
     max_tokens: int | None = None,
+    media: Sequence[Media] = (),
 ) -> Reply:
     """One completion from one endpoint (at most ``max_tokens`` tokens, default the
-    deployment's); any failure becomes an EndpointError."""
+    deployment's); any failure becomes an EndpointError. ``media`` go as content parts
+    before the prompt: a chat endpoint's (``bind`` lets only those serve image or audio)."""
     body: dict[str, object] = {
         "model": ep.model,
         "max_tokens": max_tokens or dep.max_tokens,
         "temperature": dep.temperature,
     }
     if ep.api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
+        text = {"type": "text", "text": prompt}
+        content = [*(m.part() for m in media), text] if media else prompt
+        body["messages"] = [{"role": "user", "content": content}]
     else:
         body["prompt"] = prompt
     url = f"{ep.base_url}/v1/{'chat/completions' if ep.api == 'chat' else 'completions'}"
@@ -303,10 +340,9 @@ class Executor:
     def new_ledger(self) -> Ledger:
         return Ledger([s.slots for s in self.bound.scenario.servers])
 
-    async def call(self, server: int, prompt: str) -> Reply:
-        return await complete(
-            self.client, self.bound.endpoints[server], self.bound.deployment, prompt
-        )
+    async def call(self, server: int, prompt: str, media: list[Media]) -> Reply:
+        endpoint = self.bound.endpoints[server]
+        return await complete(self.client, endpoint, self.bound.deployment, prompt, media=media)
 
     async def run(self, requests: list[Request]) -> Batch:
         """Plan the requests together, run them, and trace every subtask."""
@@ -416,7 +452,7 @@ class BatchRun:
         others = [k for k, s in enumerate(sc.servers) if modality in s.modalities and k != sc.cloud]
         return [k for k in [sc.cloud, *others] if k != d.server]
 
-    async def attempt(self, d: Dispatch, server: int, prompt: str) -> bool:
+    async def attempt(self, d: Dispatch, server: int, prompt: str, media: list[Media]) -> bool:
         """Call one server for one subtask, on the planned server once its turn in the
         slot's queue comes (a retry elsewhere was not planned: it has no turn), holding
         the endpoint's slot while it calls; record the outcome."""
@@ -434,7 +470,7 @@ class BatchRun:
             if booking is not None:
                 booking.started = self.t0 + start
             try:
-                reply = await self.ex.call(server, prompt)
+                reply = await self.ex.call(server, prompt, media)
             except EndpointError as exc:
                 self.down.add(server)
                 self.record(step, Attempt(server, start, self.clock(), str(exc)))
@@ -453,9 +489,9 @@ class BatchRun:
         if self.ex.on_attempt is not None:
             self.ex.on_attempt(step, attempt)
 
-    async def retry(self, d: Dispatch, prompt: str) -> None:
+    async def retry(self, d: Dispatch, prompt: str, media: list[Media]) -> None:
         for server in self.fallbacks(d):
-            if await self.attempt(d, server, prompt):
+            if await self.attempt(d, server, prompt, media):
                 return
         self.fail(d)
 
@@ -471,5 +507,7 @@ class BatchRun:
             self.fail(d)
             return
         prompt = self.prompt(d, context)
-        if not await self.attempt(d, d.server, prompt):
-            await self.retry(d, prompt)
+        modality = self.instance.tasks[d.task].subtasks[d.subtask].modality
+        media = self.requests[d.task].media(modality)
+        if not await self.attempt(d, d.server, prompt, media):
+            await self.retry(d, prompt, media)

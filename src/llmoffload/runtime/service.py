@@ -1,13 +1,15 @@
 """The HTTP service: submit a request, get its answer and trace back.
 
-``POST /v1/requests`` takes ``{"workflow": ..., "text": ...}`` and answers with the
-aggregation node's completion and the per-subtask trace. Each request is planned and run
-as its own batch; all batches share one executor, so edges stay one-at-a-time across
-them. Planned together (the default), each request is planned on arrival against the
-work the earlier ones still have queued, and each edge serves subtasks in the order they
-were planned; planned alone, each as if the servers were idle (``Executor``). At most
-``capacity`` requests are admitted at once (running or waiting for an edge); one more is
-answered 503 at once rather than queued without bound.
+``POST /v1/requests`` takes ``{"workflow": ..., "text": ...}``, with ``"image"`` and
+``"audio"`` as base64 if the request has them (checked as ``run`` checks its files: a bad
+one is a 422 with the reason), and answers with the aggregation node's completion and
+the per-subtask trace. Each request is planned and run as its own batch; all batches
+share one executor, so edges stay one-at-a-time across them. Planned together (the
+default), each request is planned on arrival against the work the earlier ones still
+have queued, and each edge serves subtasks in the order they were planned; planned
+alone, each as if the servers were idle (``Executor``). At most ``capacity`` requests are
+admitted at once (running or waiting for an edge); one more is answered 503 at once
+rather than queued without bound.
 
 Nothing a client sends may keep the endpoints busy after it stopped waiting: a body over
 ``max_body`` bytes is refused (413) before it is read, a prompt over the deployment's
@@ -32,9 +34,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmoffload.errors import OffloadError
 from llmoffload.runtime.deployment import Bound, Endpoint
 from llmoffload.runtime.executor import Executor, Planner, Request, TooLong
+from llmoffload.runtime.media import MAX_BASE64_CHARS
 from llmoffload.runtime.trace import result_json
 
-MAX_BODY_BYTES = 1 << 20  # a request is a workflow name and a question: 1 MiB is plenty
+# a workflow name and a question (1 MiB is plenty), and an image and audio in base64
+MAX_BODY_BYTES = (1 << 20) + 2 * MAX_BASE64_CHARS
 TIMEOUT_S = 120.0  # a request's whole run, retries included
 PROBE_S = 2.0  # /health waits this long for each endpoint
 

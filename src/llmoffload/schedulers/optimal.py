@@ -22,12 +22,14 @@ what comes back if the solver finds nothing better within its time limit. The
 lower bound is CP-SAT's or, where that is weaker (at scale often 0),
 ``relaxed_bound``'s.
 
-CP-SAT searches with one worker: its path is then fixed, so the same instance gives
-the same schedule, byte for byte, whenever the search ends before the time limit (a
-5-task paper instance takes about a second). Parallel workers race, and of equally good
-schedules the first found wins, so tied subtasks came back in another order from run to
-run. Where the time limit cuts the search, what it found by then still depends on the
-machine's speed.
+CP-SAT runs a portfolio of 8 subsolvers (its default search, LNS neighbourhoods and
+others) interleaved in batches on a fixed schedule (``interleave_search``): its path
+is then fixed, so the same instance gives the same schedule, byte for byte, whenever
+the search ends before the time limit. Racing parallel workers would not (of equally
+good schedules the first found wins), and a single search, the earlier choice, finds
+far worse schedules in the same time: measured on 4 dear-cloud instances at 2 s, 0.954
+of the best classic's objective on average against 0.994 for one worker. Where the time
+limit cuts the search, what it found by then still depends on the machine's speed.
 
 OR-Tools is imported when a model is solved, not with the module: it pulls in
 pandas, a third of a second that a training run, which never solves, need not pay.
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from ortools.sat.python import cp_model
 
 WEIGHT_SCALE = 1000
+PORTFOLIO = 8  # CP-SAT subsolvers, interleaved deterministically
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,10 @@ def solve(
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = 1  # the same path every time (see the module's doc)
+    # a portfolio of subsolvers (LNS among them) interleaved on a fixed schedule: the same
+    # path every time (see the module's doc), and far better schedules than one search
+    solver.parameters.num_workers = PORTFOLIO
+    solver.parameters.interleave_search = True
     status = solver.solve(m)
     schedule = evaluate(t, hint)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -34,6 +34,7 @@ import torch
 
 from llmoffload.errors import OffloadError
 from llmoffload.marl.env import Layout
+from llmoffload.marl.imitation import Imitation
 from llmoffload.marl.learner import Transition, load_parts, save_parts
 from llmoffload.marl.nets import Actors, Critic, ValueNorm, adam, best_valid, descend, sample
 from llmoffload.marl.ranges import Count, NonNegative, Positive, Unit
@@ -41,7 +42,7 @@ from llmoffload.marl.replay import ReplayBuffer
 
 
 @dataclass
-class ComaConfig:
+class ComaConfig(Imitation):
     """Hyperparameters; the paper's where it gives them (Table 2, §4.2), else marked."""
 
     ucb: bool = True  # UCB action selection (UCB-COMA); False samples from pi (COMA)

@@ -35,13 +35,14 @@ import torch
 from torch import nn
 
 from llmoffload.marl.env import Layout
+from llmoffload.marl.imitation import Imitation
 from llmoffload.marl.learner import Transition, load_parts, save_parts
 from llmoffload.marl.nets import Actors, ValueNorm, adam, best_valid, descend, mlp, sample
 from llmoffload.marl.ranges import Count, NonNegative, Positive, Unit
 
 
 @dataclass
-class MappoConfig:
+class MappoConfig(Imitation):
     """Hyperparameters: on-policy's defaults (``onpolicy/config.py``) unless marked."""
 
     lr: Positive = 5e-4  # on-policy --lr (actor)
