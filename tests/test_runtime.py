@@ -278,7 +278,12 @@ def test_a_failing_edge_is_retried_on_the_cloud(
         assert step.done is not None and names[step.done.server] == "cloud"
 
 
+@pytest.mark.alone
 def test_calibration_predicts_real_subtask_times_better(deployment: Path) -> None:
+    """The fitted timings predict held-out calls and real workflow subtasks closer than
+    the scenario's own. It measures the machine, so it runs alone: beside the parallel
+    suite's training a call takes several times as long, which flatters a model that
+    overestimates (in CI the paper's clock came out ahead, 7.1 against 8.2 ms)."""
     bound = load_deployment(deployment)
 
     async def go() -> tuple[list[Sample], list[Sample], list[Batch]]:
