@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from filelock import FileLock
 from helpers import scenario_with
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from llmoffload.experiments.expert import demonstrations
 from llmoffload.experiments.training import (
     TRAIN,
     episode_seed,
+    expert_seeds,
     make_config,
     new_learner,
     train,
@@ -35,7 +37,7 @@ from llmoffload.marl.graph import GraphView
 from llmoffload.marl.imitation import agent_states, clone_actors
 from llmoffload.model.execution import evaluate
 from llmoffload.model.instance import load_instance, sample_instance
-from llmoffload.model.scenario import with_reward
+from llmoffload.model.scenario import load_scenario, with_reward
 from llmoffload.model.validate import check
 from llmoffload.schedulers.optimal import solve
 
@@ -100,15 +102,52 @@ def test_runs_started_at_once_share_the_expert_solves(
     assert demos[0][1] == solve(demos[0][0], time_limit_s=5.0).schedule.order
 
 
+def test_the_experts_budget_counts_dispatch_decisions() -> None:
+    """The expert solves the training stream's first instances until their subtasks reach
+    the budget: a scenario of 20 tasks gets about a quarter as many as one of 5."""
+    found = {}
+    for name in ("paper", "contended"):
+        sc = load_scenario(name)
+        chosen = expert_seeds(sc, 0, 600)
+        assert chosen == seeds(len(chosen))
+        instances = [sample_instance(sc, np.random.default_rng(s)) for s in chosen]
+        sizes = [sum(len(t.subtasks) for t in inst.tasks) for inst in instances]
+        assert sum(sizes[:-1]) < 600 <= sum(sizes)
+        found[name] = len(chosen)
+    assert 3 <= found["paper"] / found["contended"] <= 5
+
+
 def test_bc_clones_the_expert_on_a_tiny_scenario() -> None:
     demos = demonstrations(TINY, seeds(6), 5.0, progress=False)
     config = make_config("gnn-sched", {"bc_epochs": "150", "bc_lr": "3e-3"})
     learner = new_learner("gnn-sched", config, OffloadEnv(TINY), 0)
     agreement = learner.imitate(demos)
     assert agreement > 0.95
+    learner.config.samples = 0  # the greedy schedule alone, no sampling search
     for instance, order in demos:
         expert = evaluate(instance, order).objective
         assert evaluate(instance, learner.plan(instance)).objective == pytest.approx(expert)
+
+
+def test_planning_keeps_the_best_of_greedy_and_sampled_schedules() -> None:
+    """With ``samples`` draws beside it the plan is never worse than the greedy one, is
+    the same every time, and leaves the training generator alone; an untrained policy
+    (near uniform) finds something better by sampling on most instances."""
+    sc = scenario_with(8)
+    learner = new_learner("gnn-sched", make_config("gnn-sched", {}), OffloadEnv(sc), 0)
+    state = learner.generator.get_state()
+    better = 0
+    for seed in range(5):
+        instance = sample_instance(sc, np.random.default_rng(seed))
+        learner.config.samples = 0
+        greedy = evaluate(instance, learner.plan(instance)).objective
+        learner.config.samples = 16
+        sampled = learner.plan(instance)
+        assert sampled == learner.plan(instance)
+        assert evaluate(instance, sampled).objective <= greedy
+        better += evaluate(instance, sampled).objective < greedy
+    assert better >= 3
+    assert torch.equal(learner.generator.get_state(), state)
 
 
 def test_bc_warm_starts_the_paper_learners_per_agent() -> None:
@@ -141,7 +180,7 @@ def test_the_policy_never_dispatches_invalidly(seed: int, tasks: int) -> None:
 
 
 def test_same_seed_same_csv_and_the_run_schedules(tmp_path: Path) -> None:
-    settings_ = {"expert_instances": "3", "bc_epochs": "3", "group": "4"}
+    settings_ = {"expert_decisions": "9", "bc_epochs": "3", "group": "4"}
     config = make_config("gnn-sched", settings_)
     for out in ("a", "b"):
         train("gnn-sched", TINY, 8, 3, tmp_path / out, config, progress=False, plot=False)
@@ -164,7 +203,7 @@ def test_a_trained_run_schedules_from_the_command_line(tmp_path: Path) -> None:
     run, inst = tmp_path / "run", tmp_path / "inst.json"
     runner = CliRunner()
     args = ["train", "--algo", "gnn-sched", "--episodes", "4", "--out", str(run)]
-    args += ["--set", "expert_instances=2", "--set", "bc_epochs=2", "--workers", "1"]
+    args += ["--set", "expert_decisions=1", "--set", "bc_epochs=2", "--workers", "1"]
     assert runner.invoke(app, args).exit_code == 0
     made = runner.invoke(
         app, ["instance", "--scenario", "paper", "--seed", "4", "--out", str(inst)]

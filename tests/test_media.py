@@ -303,6 +303,34 @@ def test_serve_sends_the_audio_to_the_audio_subtasks_only(
     assert isinstance(sent["read-log"], str)
 
 
+def test_serve_takes_the_same_request_as_form_files(
+    tmp_path: Path, image: Path, audio: Path, recorder: Recorder
+) -> None:
+    """/v1/requests/upload (multipart) sends the endpoints exactly what /v1/requests
+    (base64 in JSON) does, and plans with the same input sizes."""
+    bound = load_deployment(deployment(tmp_path, recorder.url))
+    sent, traces = [], []
+    for flow, kind, path in (("vqa", "image", image), ("audio-text", "audio", audio)):
+        fields = {"workflow": flow, "text": "What is wrong?"}
+        as_json = {"json": fields | {kind: encode(path)}}
+        as_form = {"data": fields, "files": {kind: path.read_bytes()}}
+        with TestClient(create_app(bound, planner("heft", bound))) as client:
+            for route, body in (("/v1/requests", as_json), ("/v1/requests/upload", as_form)):
+                recorder.bodies.clear()
+                reply = client.post(route, **body)
+                assert reply.status_code == 200, reply.text
+                sent.append(recorder.sent())
+                traces.append([step["subtask"] for step in reply.json()["trace"]])
+    assert sent[0] == sent[1] and sent[2] == sent[3]
+    assert traces[0] == traces[1] and traces[2] == traces[3]
+    parts = [c[0]["type"] for c in sent[1].values() if isinstance(c, list)]
+    assert parts and set(parts) == {"image_url"}
+
+
+def encode(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
 # --- bad media: one line, exit 2 / a 4xx, and nothing sent -------------------------------
 
 
@@ -377,6 +405,34 @@ def test_serve_refuses_bad_media_with_the_reason_and_sends_nothing(
         unused = client.post("/v1/requests", json={"workflow": "vqa", "text": "x", "audio": audio})
         assert unused.status_code == 400
         assert "workflow 'vqa' has no audio subtask" in unused.json()["detail"]
+    assert recorder.bodies == []
+
+
+def test_serve_refuses_bad_form_files_with_the_reason_and_sends_nothing(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    bound = load_deployment(deployment(tmp_path, recorder.url))
+    fields = {"workflow": "vqa", "text": "Why?"}
+    with TestClient(create_app(bound, planner("heft", bound))) as client:
+        for option, file, fragment in bad_files(tmp_path)[2:]:  # the files that exist
+            kind = option.removeprefix("--")
+            if file.stat().st_size > MAX_MEDIA_BYTES:
+                continue  # the body limit's, below
+            reply = client.post("/v1/requests/upload", data=fields, files={kind: file.read_bytes()})
+            assert reply.status_code == 422, reply.text
+            (error,) = reply.json()["detail"]
+            assert error["loc"] == ["body", kind] and fragment in error["msg"], error
+        blank = client.post("/v1/requests/upload", data={"workflow": "vqa", "text": " "})
+        assert blank.status_code == 422
+        (error,) = blank.json()["detail"]
+        assert error["loc"] == ["body", "text"] and "whitespace only" in error["msg"]
+        missing = client.post("/v1/requests/upload", data={"text": "Why?"})
+        assert missing.status_code == 422
+        assert missing.json()["detail"][0]["loc"] == ["body", "workflow"]
+    small = create_app(bound, planner("heft", bound), max_body=1000)
+    with TestClient(small) as client:
+        reply = client.post("/v1/requests/upload", data=fields, files={"image": png(256, 256)})
+        assert reply.status_code == 413
     assert recorder.bodies == []
 
 

@@ -461,7 +461,7 @@ def test_a_trained_gnn_sched_run_plans_and_serves(
     monkeypatch.setenv("LLMOFFLOAD_CACHE", str(tmp_path))  # the expert's solves
     run = tmp_path / "gnn"
     args = ["train", "--algo", "gnn-sched", "--episodes", "4", "--out", str(run), "--workers"]
-    args += ["1", "--set", "expert_instances=2", "--set", "bc_epochs=2"]
+    args += ["1", "--set", "expert_decisions=1", "--set", "bc_epochs=2"]
     trained = CliRunner().invoke(main_app, args)
     assert trained.exit_code == 0, trained.output
     requests = [Request(workflow=w, text="Inspect.") for w in WORKFLOWS]

@@ -31,7 +31,9 @@ class Imitation:
     """The warm-start settings every learner that can clone the expert shares."""
 
     init: str = "none"  # "bc": clone the expert before RL
-    expert_instances: Count = 128  # choice: training instances the expert solves
+    # choice: the expert solves training instances until their subtasks (its dispatch
+    # decisions) add up to this: ~130 instances of 5 tasks, ~33 of 20 tasks
+    expert_decisions: Count = 3000
     expert_time_limit_s: Positive = 2.0  # choice: CP-SAT's limit per expert instance
     bc_epochs: Count = 60  # choice: passes over the expert's states
     bc_lr: Positive = 3e-3  # choice: Adam's step while cloning (measured, docs/gnn_sched.md)

@@ -47,6 +47,7 @@ Positive = Annotated[float, Range(0.0, low_open=True)]  # rates, clips, temperat
 NonNegative = Annotated[float, Range(0.0)]  # weights of loss terms and bonuses
 Unit = Annotated[float, Range(0.0, 1.0)]  # discounts, probabilities, decaying weights
 Count = Annotated[int, Range(1)]  # sizes, widths, periods
+Tally = Annotated[int, Range(0)]  # counts that may be zero
 
 
 def settings_of(cls: type) -> dict[str, tuple[type, Range | None]]:

@@ -1,15 +1,17 @@
 """The HTTP service: submit a request, get its answer and trace back.
 
 ``POST /v1/requests`` takes ``{"workflow": ..., "text": ...}``, with ``"image"`` and
-``"audio"`` as base64 if the request has them (checked as ``run`` checks its files: a bad
-one is a 422 with the reason), and answers with the aggregation node's completion and
-the per-subtask trace. Each request is planned and run as its own batch; all batches
-share one executor, so edges stay one-at-a-time across them. Planned together (the
-default), each request is planned on arrival against the work the earlier ones still
-have queued, and each edge serves subtasks in the order they were planned; planned
-alone, each as if the servers were idle (``Executor``). At most ``capacity`` requests are
-admitted at once (running or waiting for an edge); one more is answered 503 at once
-rather than queued without bound.
+``"audio"`` as base64 if the request has them; ``POST /v1/requests/upload`` takes the
+same four as multipart form fields, the image and audio as files (``curl -F
+image=@valve.png``), with no base64's third more bytes. Payloads are checked as ``run``
+checks its files (a bad one is a 422 with the reason). Both answer with the aggregation
+node's completion and the per-subtask trace. Each request is planned and run as its
+own batch; all batches share one executor, so edges stay one-at-a-time across them.
+Planned together (the default), each request is planned on arrival against the work
+the earlier ones still have queued, and each edge serves subtasks in the order they
+were planned; planned alone, each as if the servers were idle (``Executor``). At most
+``capacity`` requests are admitted at once (running or waiting for an edge); one more
+is answered 503 at once rather than queued without bound.
 
 Nothing a client sends may keep the endpoints busy after it stopped waiting: a body over
 ``max_body`` bytes is refused (413) before it is read, a prompt over the deployment's
@@ -25,16 +27,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Form, HTTPException, UploadFile
 from fastapi import Request as HTTPRequest
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmoffload.errors import OffloadError
 from llmoffload.runtime.deployment import Bound, Endpoint
 from llmoffload.runtime.executor import Executor, Planner, Request, TooLong
-from llmoffload.runtime.media import MAX_BASE64_CHARS
+from llmoffload.runtime.media import MAX_BASE64_CHARS, checked
 from llmoffload.runtime.trace import result_json
 
 # a workflow name and a question (1 MiB is plenty), and an image and audio in base64
@@ -143,6 +147,34 @@ def create_app(
 
     @app.post("/v1/requests")
     async def submit(request: Request, raw: HTTPRequest) -> dict[str, Any]:
+        return await answer(request, raw)
+
+    @app.post("/v1/requests/upload")
+    async def upload(
+        raw: HTTPRequest,
+        workflow: str = Form(),
+        text: str = Form(),
+        image: UploadFile | None = None,
+        audio: UploadFile | None = None,
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {"workflow": workflow, "text": text}
+        errors = []
+        for kind, file in (("image", image), ("audio", audio)):
+            if file is not None:
+                try:
+                    fields[kind] = checked(kind, await file.read())
+                except OffloadError as exc:
+                    errors.append(field_error(kind, str(exc)))
+        try:
+            request = Request(**fields)
+        except ValidationError as exc:
+            errors += [field_error(str(e["loc"][0]), e["msg"]) for e in exc.errors()]
+        if errors:
+            raise RequestValidationError(errors)
+        return await answer(request, raw)
+
+    async def answer(request: Request, raw: HTTPRequest) -> dict[str, Any]:
+        """Admit, plan and run one request; its answer and trace, or the HTTP error."""
         nonlocal admitted
         if request.workflow not in bound.scenario.workflows:
             raise HTTPException(
@@ -182,3 +214,8 @@ def create_app(
         return result_json(batch, result)
 
     return app
+
+
+def field_error(field: str, message: str) -> dict[str, Any]:
+    """A form field's problem, shaped as FastAPI's 422 reports a JSON field's."""
+    return {"type": "value_error", "loc": ("body", field), "msg": message, "input": None}

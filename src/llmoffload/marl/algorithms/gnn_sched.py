@@ -21,8 +21,11 @@ starts from good behaviour. This file does both:
      baseline of POMO/GRPO, in place of a learned critic: episodes on one instance
      differ only by the policy's choices); ``epochs`` passes of PPO's clipped
      surrogate with an entropy bonus
-  5  acting (``plan``): the argmax pair at every step, so the same instance always gets
-     the same schedule
+  5  acting (``plan``): the greedy schedule (the argmax pair at every step) and
+     ``samples`` schedules drawn from the policy, the best by the exact objective kept
+     (the sampling search of Kool et al., ICLR 2019; the best classic scheduler is
+     likewise the best of several rules); the draws come from a generator seeded anew
+     for every plan, so the same instance always gets the same schedule
 
 It is a planner: given an instance it returns a dispatch sequence, as the classic
 schedulers do; it reads instances of any size (every feature is scaled per instance).
@@ -41,7 +44,7 @@ from llmoffload.marl.graph import PAIR_FEATURES, GraphView, node_features, serve
 from llmoffload.marl.imitation import Demo, Imitation
 from llmoffload.marl.learner import load_parts, save_parts
 from llmoffload.marl.nets import adam
-from llmoffload.marl.ranges import Count, NonNegative, Positive, Unit
+from llmoffload.marl.ranges import Count, NonNegative, Positive, Tally, Unit
 from llmoffload.model.execution import Dispatch, Schedule
 from llmoffload.model.instance import Instance
 
@@ -59,9 +62,11 @@ class GnnSchedConfig(Imitation):
     clip: Unit = 0.2  # PPO's ratio clip
     entropy: NonNegative = 0.001  # entropy bonus while fine-tuning
     grad_clip: Positive = 1.0
+    samples: Tally = 16  # schedules sampled beside the greedy one when planning
 
 
 PARTS = ("net", "opt")
+PLAN_SEED = 0  # the sampled plans' generator, seeded anew for every instance
 
 
 def mean_over(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -151,12 +156,32 @@ class GnnSched:
 
     @torch.inference_mode()
     def plan(self, instance: Instance) -> list[Dispatch]:
-        """The greedy schedule: at every step the most likely valid pair."""
-        view = GraphView(instance)
-        while not view.done:
-            choice = int(self.log_pi(view.arcs, tensors([view]))[0].argmax())
-            view.step(*divmod(choice, view.servers))
-        return view.ex.schedule().order
+        """The best of the greedy schedule and ``samples`` sampled ones (ties: greedy)."""
+        draws = torch.Generator().manual_seed(PLAN_SEED)
+        views, _ = self.rollout(instance, 1 + self.config.samples, draws, greedy=True)
+        schedules = [view.ex.schedule() for view in views]
+        return min(schedules, key=lambda schedule: schedule.objective).order
+
+    def rollout(
+        self, instance: Instance, count: int, draws: torch.Generator, greedy: bool = False
+    ) -> tuple[list[GraphView], list[tuple[torch.Tensor, ...]]]:
+        """``count`` schedules of ``instance`` built at once, one dispatch each a step,
+        every pair drawn from pi (the first the argmax if ``greedy``); returns the views
+        and per step (state, choice, its log-probability)."""
+        views = [GraphView(instance) for _ in range(count)]
+        steps = []
+        with torch.no_grad():
+            while not views[0].done:  # every view dispatches one subtask a step
+                state = tensors(views)
+                logp = self.log_pi(views[0].arcs, state)
+                q = torch.empty_like(logp).exponential_(generator=draws)
+                choice = (logp.exp() / q).argmax(-1)  # one draw per row from pi
+                if greedy:
+                    choice[0] = logp[0].argmax()
+                for view, a in zip(views, choice.tolist(), strict=True):
+                    view.step(*divmod(a, view.servers))
+                steps.append((state, choice, logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)))
+        return views, steps
 
     # -- behaviour cloning -------------------------------------------------------
 
@@ -182,19 +207,8 @@ class GnnSched:
     def train_on(self, instance: Instance) -> list[Schedule]:
         """One PPO update from ``group`` schedules sampled on ``instance``; returns them."""
         c = self.config
-        views = [GraphView(instance) for _ in range(c.group)]
-        states, actions, old = [], [], []
-        with torch.no_grad():
-            while not views[0].done:  # every view dispatches one subtask a step
-                state = tensors(views)
-                logp = self.log_pi(views[0].arcs, state)
-                q = torch.empty_like(logp).exponential_(generator=self.generator)
-                choice = (logp.exp() / q).argmax(-1)  # one draw per row from pi
-                for view, a in zip(views, choice.tolist(), strict=True):
-                    view.step(*divmod(a, view.servers))
-                states.append(state)
-                actions.append(choice)
-                old.append(logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
+        views, steps = self.rollout(instance, c.group, self.generator)
+        states, actions, old = zip(*steps, strict=True)
         schedules = [view.ex.schedule() for view in views]
         returns = -torch.tensor([s.objective for s in schedules]) / views[0].unit
         advantage = (returns - returns.mean()) / (returns.std() + 1e-8)
