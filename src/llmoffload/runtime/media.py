@@ -129,16 +129,17 @@ def decode_media(kind: Kind, text: str) -> Media:
 
 
 def payload(kind: Kind) -> Any:
-    """The type of a request's ``image`` or ``audio`` field: Media inside, base64 in JSON
-    (a refused payload is a validation error with the reason, a 422 from the service)."""
+    """The type of a request's ``image`` or ``audio`` field: Media inside, base64 in JSON,
+    the bytes of a form's file (a refused payload is a validation error with the reason,
+    a 422 from the service, whichever way it came)."""
 
     def parse(value: object) -> Media:
         if isinstance(value, Media) and value.kind == kind:
             return value
-        if not isinstance(value, str):
+        if not isinstance(value, str | bytes):
             raise ValueError(f"must be {ACCEPTED[kind]} as a base64 string")
         try:
-            return decode_media(kind, value)
+            return checked(kind, value) if isinstance(value, bytes) else decode_media(kind, value)
         except OffloadError as exc:
             raise ValueError(str(exc)) from None
 

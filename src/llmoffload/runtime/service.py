@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmoffload.errors import OffloadError
 from llmoffload.runtime.deployment import Bound, Endpoint
 from llmoffload.runtime.executor import Executor, Planner, Request, TooLong
-from llmoffload.runtime.media import MAX_BASE64_CHARS, checked
+from llmoffload.runtime.media import MAX_BASE64_CHARS
 from llmoffload.runtime.trace import result_json
 
 # a workflow name and a question (1 MiB is plenty), and an image and audio in base64
@@ -157,20 +157,16 @@ def create_app(
         image: UploadFile | None = None,
         audio: UploadFile | None = None,
     ) -> dict[str, Any]:
-        fields: dict[str, Any] = {"workflow": workflow, "text": text}
-        errors = []
-        for kind, file in (("image", image), ("audio", audio)):
-            if file is not None:
-                try:
-                    fields[kind] = checked(kind, await file.read())
-                except OffloadError as exc:
-                    errors.append(field_error(kind, str(exc)))
-        try:
-            request = Request(**fields)
+        media = [("image", image), ("audio", audio)]
+        files = {kind: await file.read() for kind, file in media if file is not None}
+        try:  # the JSON route's Request, its payload checks and its 422 for either route
+            request = Request(workflow=workflow, text=text, **files)
         except ValidationError as exc:
-            errors += [field_error(str(e["loc"][0]), e["msg"]) for e in exc.errors()]
-        if errors:
-            raise RequestValidationError(errors)
+            errors = [
+                e | {"loc": ("body", *e["loc"]), "input": None}  # no file's bytes sent back
+                for e in exc.errors(include_url=False)
+            ]
+            raise RequestValidationError(errors) from None
         return await answer(request, raw)
 
     async def answer(request: Request, raw: HTTPRequest) -> dict[str, Any]:
@@ -214,8 +210,3 @@ def create_app(
         return result_json(batch, result)
 
     return app
-
-
-def field_error(field: str, message: str) -> dict[str, Any]:
-    """A form field's problem, shaped as FastAPI's 422 reports a JSON field's."""
-    return {"type": "value_error", "loc": ("body", field), "msg": message, "input": None}

@@ -33,6 +33,7 @@ schedulers do; it reads instances of any size (every feature is scaled per insta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -157,31 +158,30 @@ class GnnSched:
     @torch.inference_mode()
     def plan(self, instance: Instance) -> list[Dispatch]:
         """The best of the greedy schedule and ``samples`` sampled ones (ties: greedy)."""
+        views = [GraphView(instance) for _ in range(1 + self.config.samples)]
         draws = torch.Generator().manual_seed(PLAN_SEED)
-        views, _ = self.rollout(instance, 1 + self.config.samples, draws, greedy=True)
+        for _ in self.rollout(views, draws, greedy=True):
+            pass  # the views are the schedules; the steps are PPO's, not kept here
         schedules = [view.ex.schedule() for view in views]
         return min(schedules, key=lambda schedule: schedule.objective).order
 
+    @torch.no_grad()
     def rollout(
-        self, instance: Instance, count: int, draws: torch.Generator, greedy: bool = False
-    ) -> tuple[list[GraphView], list[tuple[torch.Tensor, ...]]]:
-        """``count`` schedules of ``instance`` built at once, one dispatch each a step,
-        every pair drawn from pi (the first the argmax if ``greedy``); returns the views
-        and per step (state, choice, its log-probability)."""
-        views = [GraphView(instance) for _ in range(count)]
-        steps = []
-        with torch.no_grad():
-            while not views[0].done:  # every view dispatches one subtask a step
-                state = tensors(views)
-                logp = self.log_pi(views[0].arcs, state)
-                q = torch.empty_like(logp).exponential_(generator=draws)
-                choice = (logp.exp() / q).argmax(-1)  # one draw per row from pi
-                if greedy:
-                    choice[0] = logp[0].argmax()
-                for view, a in zip(views, choice.tolist(), strict=True):
-                    view.step(*divmod(a, view.servers))
-                steps.append((state, choice, logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)))
-        return views, steps
+        self, views: list[GraphView], draws: torch.Generator, greedy: bool = False
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Build the views' schedules at once, one dispatch each a step, every pair drawn
+        from pi (the first view's the argmax if ``greedy``); yields each step's (state,
+        choices, their log-probabilities)."""
+        while not views[0].done:  # every view dispatches one subtask a step
+            state = tensors(views)
+            logp = self.log_pi(views[0].arcs, state)
+            q = torch.empty_like(logp).exponential_(generator=draws)
+            choice = (logp.exp() / q).argmax(-1)  # one draw per row from pi
+            if greedy:
+                choice[0] = logp[0].argmax()
+            for view, a in zip(views, choice.tolist(), strict=True):
+                view.step(*divmod(a, view.servers))
+            yield state, choice, logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
 
     # -- behaviour cloning -------------------------------------------------------
 
@@ -207,8 +207,8 @@ class GnnSched:
     def train_on(self, instance: Instance) -> list[Schedule]:
         """One PPO update from ``group`` schedules sampled on ``instance``; returns them."""
         c = self.config
-        views, steps = self.rollout(instance, c.group, self.generator)
-        states, actions, old = zip(*steps, strict=True)
+        views = [GraphView(instance) for _ in range(c.group)]
+        states, actions, old = zip(*self.rollout(views, self.generator), strict=True)
         schedules = [view.ex.schedule() for view in views]
         returns = -torch.tensor([s.objective for s in schedules]) / views[0].unit
         advantage = (returns - returns.mean()) / (returns.std() + 1e-8)
