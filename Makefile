@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0  # the CPU wheel; an unpinned torch pulls CUDA
-	$(BIN)/pip install --quiet -e '.[dev,ray,runtime,study]'
+	$(BIN)/pip install --quiet -e '.[learn,dev,ray,runtime,study]'
 	touch $(STAMP)
 
 $(LOCAL): $(STAMP)
@@ -46,6 +46,7 @@ demo: $(STAMP)
 test: $(LOCAL)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pyright
 	$(BIN)/pytest -n 2 --dist loadgroup -m 'not alone'  # one set of llama servers: one worker
 	$(BIN)/pytest -m alone  # timing tests measure the machine: nothing may run beside them
 

@@ -23,6 +23,9 @@ work of one joint training step (acting and updates, counted by PyTorch's
 the seconds an ``--episodes`` run would take if every FLOP ran at the
 machine's own peak for a float32 matrix product on one thread: what no
 change short of less arithmetic can beat, and how far the code is from it.
+
+A planner among ``--algos`` (gnn-sched: its config declares ``planner``) makes no
+per-agent decisions; it is skipped with a line saying so (``bench_gnn.py`` times it).
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmoffload.experiments.training import LOCKSTEP, make_config, new_learner, run_episodes, train
+from llmoffload.experiments.training import (
+    LOCKSTEP,
+    is_planner,
+    make_config,
+    new_learner,
+    run_episodes,
+    train,
+)
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.learner import Learner
 from llmoffload.marl.registry import LEARNERS
@@ -83,11 +93,25 @@ def env_step_seconds(scenario: Scenario, seconds: float) -> tuple[float, int]:
     return (clock() - began) / steps, steps
 
 
+def env_learner(algo: str, env: OffloadEnv) -> Learner:
+    """A fresh learner that acts in the env; a planner is refused (``acts_in_env``)."""
+    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
+    if is_planner(learner):
+        raise ValueError(f"{algo} is a planner: it does not act in the env")
+    return learner
+
+
+def acts_in_env(algo: str) -> bool:
+    """Whether the learner acts in the env (what this benchmark times), as its config
+    declares: a planner (gnn-sched) plans whole instances, ``bench_gnn.py`` times it."""
+    return not LEARNERS[algo].config.planner
+
+
 def decision_seconds(algo: str, scenario: Scenario, seconds: float, lockstep: int = 1) -> float:
     """Seconds per episode for one exploring joint action of every agent at an episode's
     start, ``lockstep`` episodes in one call."""
     env = OffloadEnv(scenario)
-    learner = new_learner(algo, make_config(algo, {}), env, seed=0)
+    learner = env_learner(algo, env)
     env.reset(seed=0)
     agents = len(env.possible_agents)
     state = np.stack([env.state().reshape(agents, -1)] * lockstep)
@@ -123,7 +147,7 @@ def work_per_step(algo: str, scenario: Scenario, episodes: int) -> tuple[float, 
     ``episodes`` episodes of warm-up, the seconds of ``episodes`` more, then the FLOPs
     of ``episodes`` more again, counted (the counter slows what it counts)."""
     envs = [OffloadEnv(scenario)]
-    learner = new_learner(algo, make_config(algo, {}), envs[0], seed=0)
+    learner = env_learner(algo, envs[0])
     play(envs, learner, range(episodes))
     began = clock()
     steps = play(envs, learner, range(episodes, 2 * episodes))
@@ -147,7 +171,7 @@ def episode_seconds(
     """Wall seconds of ``episodes`` training episodes (acting and learning, no run
     directory), ``lockstep`` at a time, and the joint steps they took."""
     envs = [OffloadEnv(scenario) for _ in range(lockstep)]
-    learner = new_learner(algo, make_config(algo, {}), envs[0], seed=0)
+    learner = env_learner(algo, envs[0])
     began = clock()
     steps = play(envs, learner, range(episodes))
     return clock() - began, steps
@@ -188,6 +212,9 @@ def main() -> None:
     clock = time.process_time if args.cpu else time.perf_counter
 
     paper = load_scenario("paper")
+    for algo in [a for a in args.algos if not acts_in_env(a)]:
+        print(f"{algo}: skipped, a planner (no per-agent decisions): see benchmarks/bench_gnn.py")
+    args.algos = [a for a in args.algos if acts_in_env(a)]
     if "env" in args.parts:
         step, _ = env_step_seconds(paper, args.seconds)
         print(f"env: {1 / step:,.0f} joint steps/s (5 agents, random valid actions)\n")

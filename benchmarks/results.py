@@ -1,26 +1,29 @@
 """Write docs/results.md, and README's headline table, from the benchmarks run now.
 
-    python benchmarks/results.py [--sweep quick|full] [--sweep-out DIR]
+    python benchmarks/results.py [--sweep full|quick] [--sweep-out DIR]
         [--study quick|full|none] [--study-out DIR] [--method M ...]
         [--runtime] [--instances 20] [--episodes 100] [--workers N]
 
-Every number in docs/results.md comes from this run: the paper's sweep (its claims
-judged, `llmoffload reproduce`), the study beyond the paper (`reproduce --study
-beyond`), `bench_model.py`, `bench_speed.py`, `bench_gnn.py` and, with ``--runtime`` (the local
-extra: four llama.cpp servers), `bench_runtime.py`. The sweep and the study reuse
-their caches (by default those of `make run` and `reproduce --study beyond --quick`;
-`--sweep full` and `--study full` those of the full commands; `--study-out DIR` the
-study run into DIR, as its study.json says it was run), so after those commands only
-the benchmarks run. The file's header names the commit, whether the tree was dirty,
-a digest of src/ and benchmarks/ as they were, the machine and the date;
-tests/test_newcomer.py checks that the digest still matches and that README's
+Every number in docs/results.md comes from this run: the paper's sweep at the paper's
+budget (its claims judged, `llmoffload reproduce`), the study beyond the paper
+(`reproduce --study beyond`), `bench_model.py`, `bench_speed.py`, `bench_gnn.py` and,
+with ``--runtime`` (the local extra: four llama.cpp servers), `bench_runtime.py`. The
+sweep and the study reuse their caches (by default those of `llmoffload reproduce` and
+`reproduce --study beyond --quick`; `--sweep quick` that of `make run`, `--study full`
+that of the full study; `--study-out DIR` the study run into DIR, as its study.json says
+it was run), so after those commands only the benchmarks run; a cache that holds runs
+of other code is refused, naming the modules that changed (rerun `reproduce` first:
+it reruns only those runs). The file's header names the commit, whether the tree was
+dirty, the code digest of the modules its numbers came from (the sweep's and the
+study's code and the benchmark scripts run, with what they import: per module in
+results.provenance.json beside it), the machine and the date;
+tests/test_newcomer.py checks that those modules are unchanged and that README's
 headline block is the one written here.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -32,11 +35,18 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from llmoffload.experiments.provenance import CodeDigest, code_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:headline -->", "<!-- /results:headline -->"
-SOURCES = ("src", "benchmarks")  # what decides the numbers: the digest covers these
 SCENARIOS = ("paper", "dear-cloud", "slow-uplink", "contended")
+# the code docs/results.md's numbers come from: the sweep's and the study's, and the
+# benchmark scripts it runs (bench_runtime.py too with --runtime)
+NUMBERS = ("llmoffload.experiments.report", "llmoffload.experiments.study_report")
+BENCHES = ("bench_model.py", "bench_speed.py", "bench_gnn.py")
+PROVENANCE = ".provenance.json"  # the suffix of the per-module digests beside results.md
 
 
 def git(*args: str) -> str:
@@ -45,22 +55,18 @@ def git(*args: str) -> str:
     ).stdout.strip()
 
 
-def sources_digest(root: Path = ROOT) -> str:
-    """A hash of every file git would commit under ``SOURCES`` (tracked or new, not
-    ignored), as the working tree holds them: it names the code the numbers came from
-    even before that code is committed."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", *SOURCES],
-        cwd=root,
-        capture_output=True,
-        check=True,
-    ).stdout
-    digest = hashlib.sha256()
-    for name in sorted(set(listed.decode().split("\0")) - {""}):
-        path = root / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+def numbers_code(scripts: list[str], root: Path = ROOT) -> CodeDigest:
+    """The code digest of ``NUMBERS`` and ``scripts`` (paths under ``root``) with every
+    llmoffload module they import, as the tree at ``root`` holds them."""
+    return code_digest(NUMBERS, root / "src", [root / s for s in scripts])
+
+
+def code_said(code: CodeDigest, record: Path) -> str:
+    """How results.md's header names the code its numbers came from."""
+    return (
+        f"code digest `{code.digest}` (the {len(code.modules)} modules its numbers import: "
+        f"{record.name})"
+    )
 
 
 def machine() -> str:
@@ -77,14 +83,20 @@ def machine() -> str:
     )
 
 
-def provenance(command: str) -> list[str]:
+def provenance(command: str, code: CodeDigest, record: Path) -> list[str]:
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [
         f"Made by `{command}` at commit `{git('rev-parse', '--short', 'HEAD')}`"
-        f"{' (with uncommitted changes)' if dirty else ''}, sources digest "
-        f"`{sources_digest()}` (src/ and benchmarks/), on {machine()}, {when}.",
+        f"{' (with uncommitted changes)' if dirty else ''}, {code_said(code, record)}, "
+        f"on {machine()}, {when}.",
     ]
+
+
+def write_record(code: CodeDigest, scripts: list[str], record: Path) -> None:
+    """The per-module digests the header's digest combines, for the freshness test."""
+    fields = {"digest": code.digest, "entries": NUMBERS, "scripts": scripts}
+    record.write_text(json.dumps(fields | {"modules": code.modules}, indent=1) + "\n")
 
 
 def shown(path: Path) -> str:
@@ -98,38 +110,50 @@ def shown(path: Path) -> str:
 def sweep(budget: str, out: Path | None, workers: int) -> tuple[list[list[str]], list[str]]:
     """The sweep's claims, judged: (headline rows, section lines)."""
     from llmoffload.experiments import report
+    from llmoffload.experiments.claims import MARL
+    from llmoffload.experiments.stats import cell
     from llmoffload.experiments.sweep import QUICK, Grid, execute, plan
 
     grid = QUICK if budget == "quick" else Grid()
     out = out or ROOT / ("runs/quick" if budget == "quick" else "runs/reproduce")
     specs = plan(grid)
-    outcome = execute(specs, out, workers, progress=False)
-    parts = report.write_report(grid, specs, outcome, out)
-    said = f"{budget} sweep: {len(grid.seeds)} seeds, {grid.episodes} episodes, {len(specs)} runs"
     flag = " --quick" if budget == "quick" else ""
+    refuse_other_code(specs, out, f"llmoffload reproduce{flag} --out {shown(out)}")
+    swept = execute(specs, out, workers, progress=False)
+    parts = report.write_report(grid, specs, swept, out)
+    said = f"{budget} sweep: {len(grid.seeds)} seeds, {grid.episodes} episodes, {len(specs)} runs"
     rows = []
     lines = [f"`llmoffload reproduce{flag}` ({said}; every figure: `{shown(out)}/REPORT.md`)."]
     for part in parts:
         held = [v.claim for v in part.verdicts if v.verdict == "holds"]
         judged = [v for v in part.verdicts if v.verdict != "not tested"]
-        rows.append(
-            [
-                f"The paper's four claims, {part.protocol} protocol ({said})",
-                f"{len(held)} of {len(judged)} hold" + (f": {'; '.join(held)}" if held else ""),
-            ]
-        )
-        lines += ["", f"### {part.protocol} protocol", "", "| claim | verdict | numbers |"]
-        lines += ["|---|---|---|"]
-        lines += [f"| {v.claim} | **{v.verdict}** | {v.evidence} |" for v in part.verdicts]
+        among = [v for v in judged if (v.among or v.verdict) == "holds"]
+        found = f"{len(held)} of {len(judged)} hold" + (f": {'; '.join(held)}" if held else "")
+        found += f"; among the MARL learners ({', '.join(MARL)}) {len(among)} of {len(judged)}"
+        rows.append([f"The paper's four claims, {part.protocol} protocol ({said})", found])
+        lines += ["", f"### {part.protocol} protocol", "", *report.verdict_rows(part.verdicts)]
         title, _, numbers = part.sections[0]
         columns = list(next(iter(numbers.values())))
         lines += ["", f"{title}:", "", "| method | " + " | ".join(columns) + " |"]
         lines += ["|---|" + "---:|" * len(columns)]
         lines += [
-            f"| {m} | " + " | ".join(report.cell(row[c]) for c in columns) + " |"
+            f"| {m} | " + " | ".join(cell(row[c]) for c in columns) + " |"
             for m, row in numbers.items()
         ]
     return rows, lines
+
+
+def refuse_other_code(specs: list[Any], out: Path, command: str) -> None:
+    """Stop, naming what changed, where ``out`` holds results of the planned runs made by
+    other code: executing would silently start the whole rerun here."""
+    from llmoffload.experiments.sweep import outdated
+
+    changes = outdated(specs, out)
+    if changes:
+        raise SystemExit(
+            f"error: {shown(out)} holds results of other code (changed: {', '.join(changes)}); "
+            f"rerun `{command}` first"
+        )
 
 
 # -- the study beyond the paper ---------------------------------------------------------------
@@ -161,8 +185,9 @@ def study(
         out = ROOT / ("runs/beyond-quick" if budget == "quick" else "runs/beyond")
     chosen = replace(chosen, methods=tuple(methods)) if methods else chosen
     specs = plan(chosen)
-    outcome = execute(specs, out, workers, progress=False)
-    study_report.write_report(chosen, specs, outcome, out)
+    refuse_other_code(specs, out, f"{study_command(chosen)} --out {shown(out)}")
+    swept = execute(specs, out, workers, progress=False)
+    study_report.write_report(chosen, specs, swept, out)
     trained = ", ".join(f"{episodes(chosen, n)} on {n}" for n in chosen.scenarios)
     said = (
         f"study: {len(chosen.seeds)} seeds x {chosen.eval_episodes} held-out, episodes "
@@ -177,7 +202,7 @@ def study(
     ]
     for name in chosen.scenarios:
         runs = [s for s in specs if scenario_of(s) == name]
-        results = [outcome.results[s.key] for s in runs if s.key in outcome.results]
+        results = [swept.results[s.key] for s in runs if s.key in swept.results]
         setting = f"W = {runs[0].bandwidth_mhz:g} MHz, T_max = {runs[0].deadline_s:g} s"
         sec = study_report.section(chosen, name, setting, results, out)
         learners = [r for r in sec.rows if r.method not in REFERENCES and r.to_classic]
@@ -197,7 +222,7 @@ def study(
             f"{r.train_s:.0f} | {r.runs} |"
             for r in sec.rows
         ]
-        lines += time_split([s for s in runs if s.key in outcome.results], out)
+        lines += time_split([s for s in runs if s.key in swept.results], out)
     return rows, lines
 
 
@@ -316,7 +341,7 @@ def main() -> None:
     from llmoffload.marl.registry import PAPER  # the paper's six learners
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", choices=("quick", "full"), default="quick")
+    parser.add_argument("--sweep", choices=("full", "quick"), default="full")
     parser.add_argument("--sweep-out", type=Path, help="its cache (default: as reproduce's)")
     parser.add_argument("--study", choices=("quick", "full", "none"), default="quick")
     parser.add_argument(
@@ -331,7 +356,11 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
     command = "python benchmarks/results.py " + " ".join(sys.argv[1:])
-    header = provenance(command.strip())  # before anything runs: the code as it was
+    benches = [*BENCHES, "bench_runtime.py"] if args.runtime else list(BENCHES)
+    scripts = [f"benchmarks/{b}" for b in benches]
+    code = numbers_code(scripts)  # before anything runs: the code as it was
+    record = args.out.with_suffix(PROVENANCE)
+    header = provenance(command.strip(), code, record)
 
     rows, lines = sweep(args.sweep, args.sweep_out, args.workers)
     sections = ["## The paper's claims", "", *lines]
@@ -359,6 +388,7 @@ def main() -> None:
         ["# Measured results", "", *header, "", "## Headline", "", block, "", *sections, ""]
     )
     args.out.write_text(text)
+    write_record(code, scripts, record)
     args.readme.write_text(replace_block(args.readme.read_text(), block))
     print(f"{args.out} and the headline of {args.readme} written")
 

@@ -28,6 +28,7 @@ from llmoffload.model.gantt import lanes
 from llmoffload.model.instance import load_instance, sample_instance
 from llmoffload.model.scenario import load_scenario
 from llmoffload.schedulers.heuristics import heft
+from llmoffload.schedulers.registry import SCHEDULERS
 
 PAPER_YAML = resources.files("llmoffload.model.scenarios").joinpath("paper.yaml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -172,11 +173,13 @@ def test_schedule_heft_json_matches_the_library(instance_file: Path) -> None:
     assert "bound" not in data
 
 
-@pytest.mark.parametrize("policy", ["random-valid", "all-cloud", "greedy", "heft"])
+@pytest.mark.parametrize("policy", [p for p in SCHEDULERS if p != "optimal"])  # optimal: below
 def test_schedule_table_lists_every_run_and_the_total(instance_file: Path, policy: str) -> None:
-    result = cli("schedule", instance_file, "--policy", policy)
+    result = cli("schedule", instance_file, "--policy", policy, "--seed", 5)
     assert_ok(result)
     inst = load_instance(instance_file)
+    expected = evaluate(inst, SCHEDULERS[policy](inst, np.random.default_rng(5))).objective
+    assert f"objective {expected:.6f} (sum of" in result.stdout
     for task in inst.tasks:
         assert task.workflow in result.stdout
         for sub in task.subtasks:
@@ -351,7 +354,7 @@ def test_unknown_policy(instance_file: Path, tmp_path: Path) -> None:
     gantt = tmp_path / "g.png"
     result = cli("schedule", instance_file, "--policy", "best", "--gantt", gantt)
     assert_one_line_error(result, "unknown policy 'best'")
-    for name in ("random-valid", "all-cloud", "greedy", "heft", "optimal"):
+    for name in SCHEDULERS:
         assert name in result.stderr
     assert not gantt.exists()
 
@@ -475,3 +478,25 @@ def test_a_base_that_leads_back_to_itself_is_one_error(tmp_path: Path) -> None:
     assert_one_line_error(cli("scenario", "validate", tmp_path / "a.yaml"), "leads back to itself")
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     assert_one_line_error(cli("scenario", "validate", tmp_path / "c.yaml"), "not found")
+
+
+def help_of(*command: str) -> str:
+    """A command's help on one wide line per option: names are not broken at hyphens."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=1000)
+    assert_ok(result)
+    return result.stdout
+
+
+def test_policy_help_names_every_scheduler_of_the_registry() -> None:
+    for command in ("schedule", "run", "serve"):
+        line = next(x for x in help_of(command).splitlines() if "--policy" in x)
+        assert f"One of: {', '.join(SCHEDULERS)}, or a trained run directory." in line
+
+
+def test_algo_help_names_every_learner_of_the_registry() -> None:
+    from llmoffload.marl.registry import LEARNERS, PAPER
+
+    line = next(x for x in help_of("train").splitlines() if "--algo" in x)
+    named = line.split("A learner: ")[1].split(".  [default")[0].replace(" (the paper's)", "")
+    assert named.split(", ") == [*PAPER, *(n for n in LEARNERS if n not in PAPER)]
+    assert set(named.split(", ")) == set(LEARNERS)

@@ -22,6 +22,7 @@ from llmoffload.experiments.training import (
 from llmoffload.marl.algorithms.cs_ucb import CsUcb
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.learner import Transition
+from llmoffload.marl.numerics import Diagnostics
 from llmoffload.model.instance import sample_instance
 
 
@@ -76,8 +77,8 @@ class Recording:
         self.down_seen += int((servers[..., -1] == 0).any())  # last server feature: up
         return actions
 
-    def observe(self, transition: Transition) -> None:
-        self.inner.observe(transition)
+    def observe(self, transition: Transition) -> Diagnostics:
+        return self.inner.observe(transition)
 
 
 def test_never_picks_an_action_its_filter_rejects() -> None:

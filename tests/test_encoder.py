@@ -21,7 +21,8 @@ import torch
 
 from llmoffload.marl.encoder import AgentLinear, TaskEncoder, normalised_adjacency
 from llmoffload.marl.env import OffloadEnv
-from llmoffload.marl.nets import Actors, Critic, masked_log_softmax, sample
+from llmoffload.marl.nets import Actors, Critic
+from llmoffload.marl.numerics import masked_log_softmax, sample
 from llmoffload.model.scenario import load_scenario
 
 

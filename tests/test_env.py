@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from itertools import product
 
 import numpy as np
 import pytest
@@ -135,6 +136,48 @@ def test_mask_is_exactly_the_executable_actions(failure_prob: float) -> None:
                     allowed += int(mask[a])
             obs, *_ = env.step(random_walk(env, obs, rng, p_valid=0.5))
     assert allowed > 20 and checked - allowed > 200
+
+
+@pytest.mark.parametrize("name", ["paper", "contended"])
+def test_masks_and_refusals_are_the_execution_models(name: str) -> None:
+    """Validity is stated once, in Execution: in random states the mask is its valid set
+    less the down edges, and a refused action breaks what it says, plus ``failure`` on a
+    down edge that could run the subtask; the penalty is v per breach and per waiting
+    predecessor."""
+    env = OffloadEnv(load_scenario(name), failure_prob=0.5)
+    v = env.scenario.reward.penalty
+    rng = np.random.default_rng(11)
+    refused: set[str] = set()
+    for seed in range(8):
+        obs, _ = env.reset(seed=seed)
+        while env.agents:
+            ex, down = env.ex, env.down.copy()
+            valid = {d for d in product(*map(range, ex.valid().shape)) if ex.valid()[d]}
+            actions = random_walk(env, obs, rng, p_valid=0.5)
+            expected = {}
+            for i, task in enumerate(env.instance.tasks):
+                for j, k in product(range(env.layout.subtasks), range(S)):
+                    breaches = ex.breaches(i, j, k)
+                    assert ((i, j, k) in valid) == (not breaches)
+                    assert env.masks()[i, j * S + k] == ((i, j, k) in valid and not down[k])
+                    if actions.get(f"task_{i}") != j * S + k:
+                        continue
+                    kinds = [b.kind for b in breaches]
+                    count = sum(b.times for b in breaches)
+                    if j >= len(task.subtasks) or kinds == ["repeat"]:
+                        kinds, count = ["repeat"], 1
+                    elif down[k] and "modality" not in kinds:
+                        kinds, count = [*kinds, "failure"], count + 1
+                    expected[f"task_{i}"] = (kinds, -v * count)
+            obs, rewards, _, _, infos = env.step(actions)
+            for agent, (kinds, reward) in expected.items():
+                if kinds:
+                    assert infos[agent]["violations"] == kinds
+                    assert rewards[agent] == approx(reward)
+                    refused.update(kinds)
+                else:
+                    assert infos[agent]["run"] is not None
+    assert refused == {"repeat", "precedence", "modality", "failure"}
 
 
 @pytest.mark.parametrize("failure_prob", [0.0, 0.2, 0.5])

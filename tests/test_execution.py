@@ -19,14 +19,17 @@ is then SNR_up * 0.8 / 0.3.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import approx, distance_for_snr, sub
 
-from llmoffload.model.execution import InvalidDispatch, Run, evaluate
+from llmoffload.errors import OffloadError
+from llmoffload.model import scenario
+from llmoffload.model.execution import Breach, Execution, InvalidDispatch, Run, evaluate
 from llmoffload.model.instance import Instance, Task, sample_instance
-from llmoffload.model.scenario import load_scenario
+from llmoffload.model.scenario import BUILTIN, load_scenario
 from llmoffload.model.validate import violations
 
 PAPER = load_scenario("paper")
@@ -248,6 +251,29 @@ def test_invalid_dispatches_raise(order: list[tuple[int, int, int]], message: st
         evaluate(hand_instance(), order)
 
 
+def test_breaches_and_valid_set_by_hand() -> None:
+    """VQA's answer (3) needs perceive (1) and question (2) and runs on the cloud only
+    (image+text); edge-text serves text, edge-image image, the cloud everything."""
+    ex = Execution(hand_instance())
+    assert ex.breaches(0, 3, TEXT) == [Breach("precedence", 2), Breach("modality")]
+    ex.dispatch(0, 0, TEXT)
+    ex.dispatch(0, 1, IMAGE)
+    assert ex.breaches(0, 3, TEXT) == [Breach("precedence", 1), Breach("modality")]
+    assert ex.violation(0, 3, TEXT) == "task 0 subtask 3 waits for predecessors [2]"
+    assert ex.breaches(0, 3, CLOUD) == [Breach("precedence", 1)]
+    assert ex.breaches(0, 2, IMAGE) == [Breach("modality")]
+    assert ex.breaches(0, 1, CLOUD) == [Breach("repeat")]
+    assert ex.breaches(0, 2, 4) == [Breach("no-server")]
+    assert ex.breaches(1, 2, TEXT) == [Breach("no-subtask")]
+    # now ready: question (0, 2) and chain's a (1, 0), both text: edge-text or the cloud
+    want = [[0, 2, TEXT], [0, 2, CLOUD], [1, 0, TEXT], [1, 0, CLOUD]]
+    assert np.argwhere(ex.valid()).tolist() == want
+    assert all(ex.breaches(*d) == [] for d in want)
+    ex.dispatch(0, 2, CLOUD)
+    assert ex.breaches(0, 3, CLOUD) == []
+    assert np.argwhere(ex.valid()).tolist() == [[0, 3, CLOUD], [1, 0, TEXT], [1, 0, CLOUD]]
+
+
 def test_unfinished_schedule_raises() -> None:
     with pytest.raises(InvalidDispatch, match="still has"):
         evaluate(hand_instance(), ORDER[:-1])
@@ -310,3 +336,25 @@ def test_link_rates_at_100_m() -> None:
         assert down[edge] == approx(24_505_456.58050576709280997)
     assert up[CLOUD] == 3e6
     assert down[CLOUD] == 12e6
+
+
+def test_built_in_scenarios_are_the_folders_files() -> None:
+    assert {"paper", "dear-cloud", "slow-uplink", "contended", "tokens"} <= set(BUILTIN)
+    assert BUILTIN[0] == "paper" and list(BUILTIN[1:]) == sorted(BUILTIN[1:])
+
+
+def test_a_file_dropped_in_the_folder_loads_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A YAML file in model/scenarios/ is a built-in: loadable by name, a base by name,
+    listed in the error for an unknown one; other files are not scenarios."""
+    (tmp_path / "paper.yaml").write_text(scenario.FOLDER.joinpath("paper.yaml").read_text())
+    (tmp_path / "mine.yaml").write_text("base: paper\nname: mine\nt_max_s: 7.0\n")
+    (tmp_path / "notes.txt").write_text("not a scenario")
+    monkeypatch.setattr(scenario, "FOLDER", tmp_path)
+    assert scenario.builtin() == ("paper", "mine")
+    mine = load_scenario("mine")
+    assert (mine.name, mine.t_max_s) == ("mine", 7.0)
+    assert mine.servers == PAPER.servers
+    with pytest.raises(OffloadError, match=r"built-in: paper, mine\)"):
+        load_scenario("contended")

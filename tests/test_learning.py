@@ -27,6 +27,7 @@ from llmoffload.experiments.training import (
 from llmoffload.marl.algorithms.coma import Coma, ComaConfig
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.learner import Learner, Transition
+from llmoffload.marl.numerics import Diagnostics
 from llmoffload.model.execution import evaluate
 from llmoffload.model.instance import sample_instance
 from llmoffload.schedulers.heuristics import random_valid
@@ -208,8 +209,8 @@ class Frozen:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.learner, name)
 
-    def observe(self, transition: Transition) -> None:
-        pass
+    def observe(self, transition: Transition) -> Diagnostics:
+        return {}
 
 
 def exploring_episodes(learner: Learner, episodes: int) -> tuple[np.ndarray, int]:

@@ -20,6 +20,7 @@ from llmoffload.experiments.training import (
 )
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.learner import Learner, Transition
+from llmoffload.marl.numerics import Diagnostics
 from llmoffload.model.scenario import load_scenario
 
 SEEDS = [episode_seed(3, TRAIN, e) for e in range(5)]
@@ -58,8 +59,9 @@ class Recorder:
     ) -> np.ndarray:
         return self.inner.act(obs, active, masks, False)
 
-    def observe(self, transition: Transition) -> None:
+    def observe(self, transition: Transition) -> Diagnostics:
         self.seen.append(transition)
+        return {}
 
 
 def same(a: Transition, b: Transition) -> bool:

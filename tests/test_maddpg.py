@@ -20,8 +20,9 @@ from llmoffload.experiments.training import (
     run_episode,
     train,
 )
-from llmoffload.marl.algorithms.maddpg import Maddpg, MaddpgConfig, gumbel_softmax_hard, one_hot
+from llmoffload.marl.algorithms.maddpg import Maddpg, MaddpgConfig, gumbel_softmax_hard
 from llmoffload.marl.env import OffloadEnv
+from llmoffload.marl.numerics import masked_one_hot
 from llmoffload.marl.registry import LEARNERS
 from llmoffload.model.execution import evaluate
 from llmoffload.model.instance import sample_instance
@@ -90,7 +91,7 @@ def test_only_the_own_action_carries_gradient(env3: OffloadEnv) -> None:
     active = torch.ones(16, 3)
     for i in range(3):
         learner.actors.zero_grad(set_to_none=True)
-        learner.actor_losses(state, active, masks)[:, i].sum().backward()
+        learner.actor_losses(state, active, masks)[0][:, i].sum().backward()
         for j in range(3):  # agent j's slice of every stacked weight
             grads = [p.grad[j] for p in learner.actors.parameters() if p.grad is not None]
             moved = sum(float(g.abs().sum()) for g in grads)
@@ -100,14 +101,14 @@ def test_only_the_own_action_carries_gradient(env3: OffloadEnv) -> None:
 def test_the_critic_sees_every_action_and_the_state(env3: OffloadEnv) -> None:
     learner = new_learner("maddpg", MaddpgConfig(), env3, seed=0)
     state, _ = states(env3, 2)
-    base = learner.critic(state, learner.rows(one_hot(torch.tensor([[1, 2, 3]] * 2), 20)))
-    other = learner.critic(state, learner.rows(one_hot(torch.tensor([[1, 2, 4]] * 2), 20)))
-    gone = learner.critic(state, learner.rows(one_hot(torch.tensor([[1, 2, -1]] * 2), 20)))
+    base = learner.critic(state, learner.rows(masked_one_hot(torch.tensor([[1, 2, 3]] * 2), 20)))
+    other = learner.critic(state, learner.rows(masked_one_hot(torch.tensor([[1, 2, 4]] * 2), 20)))
+    gone = learner.critic(state, learner.rows(masked_one_hot(torch.tensor([[1, 2, -1]] * 2), 20)))
     assert base.shape == (2, 3)
     assert (base != other).all() and (base != gone).all()  # every row sees agent 2's action
     assert (base[0] != base[1]).all()  # and the state
     assert torch.equal(
-        one_hot(torch.tensor([[-1, 2]]), 4), torch.tensor([[[0.0] * 4, [0, 0, 1, 0]]])
+        masked_one_hot(torch.tensor([[-1, 2]]), 4), torch.tensor([[[0.0] * 4, [0, 0, 1, 0]]])
     )
 
 

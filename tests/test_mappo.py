@@ -21,9 +21,10 @@ from llmoffload.experiments.training import (
     run_episode,
     train,
 )
-from llmoffload.marl.algorithms.mappo import Mappo, clipped_surrogate, clipped_value_loss, gae
+from llmoffload.marl.algorithms.mappo import Mappo, clipped_value_loss, gae
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.nets import ValueNorm
+from llmoffload.marl.numerics import clipped_surrogate
 from llmoffload.model.execution import evaluate
 from llmoffload.model.instance import sample_instance
 from llmoffload.schedulers.heuristics import heft, random_valid

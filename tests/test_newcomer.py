@@ -4,6 +4,7 @@ claim and names its budget, and results that come from the code as it stands."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from llmoffload.cli.app import app
+from llmoffload.experiments.provenance import changed
 from llmoffload.experiments.report import Record, Unit, figures, normalise, summary, write_report
 from llmoffload.experiments.sweep import QUICK, Grid, execute, plan
 from llmoffload.marl.registry import PAPER
@@ -124,24 +126,32 @@ def test_readme_is_short_and_its_headline_is_results_md() -> None:
 
 
 def test_results_md_was_made_from_this_code() -> None:
-    """The commit named exists and is HEAD or an ancestor of it, and the digest of src/ and
-    benchmarks/ written beside it is that of this checkout: regenerating results.md, then
-    committing, keeps this true; changing the code without regenerating does not."""
+    """The commit named exists and is HEAD or an ancestor of it, and the modules its numbers
+    come from (the sweep's and the study's code and the benchmarks run, with what they
+    import; per module in the record beside it) are as this checkout holds them, up to
+    comments, docstrings and type hints: regenerating results.md keeps this true; an edit
+    elsewhere (cli/, docs) leaves it true; a code change to those modules does not."""
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
+    results = results_module()
     text = RESULTS.read_text()
-    found = re.search(r"at commit `([0-9a-f]{7,40})`.*?sources digest `([0-9a-f]{16})`", text)
-    assert found, "results.md names no commit and digest"
-    commit, digest = found.groups()
+    found = re.search(
+        r"at commit `([0-9a-f]{7,40})`.*?code digest `([0-9a-f]{12})` \(.*?: ([\w.]+)\)", text
+    )
+    assert found, "results.md names no commit and code digest"
+    commit, digest, record = found.groups()
 
     def git(*args: str) -> int:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True).returncode
 
     assert git("cat-file", "-e", f"{commit}^{{commit}}") == 0, f"{commit} is not a commit here"
     assert git("merge-base", "--is-ancestor", commit, "HEAD") == 0, f"{commit} is not in HEAD"
-    assert results_module().sources_digest() == digest, (
-        "src/ or benchmarks/ changed since docs/results.md was made: "
-        "run python benchmarks/results.py"
+    made = json.loads((RESULTS.parent / record).read_text())
+    assert made["digest"] == digest and made["entries"] == list(results.NUMBERS)
+    stale = changed(made["modules"], results.numbers_code(made["scripts"]).modules)
+    assert not stale, (
+        f"the code docs/results.md's numbers came from changed ({', '.join(stale)}): rerun "
+        "`llmoffload reproduce` and the study it names, then python benchmarks/results.py"
     )
 
 

@@ -198,3 +198,38 @@ def test_validator_catches_precedence_swaps(
     swapped[before], swapped[after] = swapped[after], swapped[before]
     problems = violations(instance, dataclasses.replace(schedule, runs=swapped))
     assert any("not dispatched before" in p for p in problems)
+
+
+@settings(max_examples=100, deadline=None)
+@given(instances(), st.data())
+def test_breaches_and_valid_set_follow_the_rules(instance: Instance, data: st.DataObject) -> None:
+    """In any state reached by valid dispatches, ``Execution.breaches`` of every dispatch,
+    out-of-range ones included, is what the rules give from the instance's own fields;
+    ``valid()`` and ``valid_dispatches`` hold exactly those that break nothing."""
+    ex = Execution(instance)
+    for _ in range(data.draw(st.integers(0, sum(len(t.subtasks) for t in instance.tasks)))):
+        options = valid_dispatches(ex)
+        ex.dispatch(*options[data.draw(st.integers(0, len(options) - 1))])
+    servers = instance.scenario.servers
+    valid = ex.valid()
+    clean = []
+    for i in range(len(instance.tasks) + 1):
+        for j in range(7):
+            for s in range(len(servers) + 1):
+                subs = instance.tasks[i].subtasks if i < len(instance.tasks) else []
+                if j >= len(subs):
+                    want = [("no-subtask", 1)]
+                elif s >= len(servers):
+                    want = [("no-server", 1)]
+                elif ex.placed[i][j] >= 0:
+                    want = [("repeat", 1)]
+                else:
+                    waiting = sum(ex.placed[i][p] < 0 for p in subs[j].preds)
+                    want = [("precedence", waiting)] if waiting else []
+                    want += [] if subs[j].modality in servers[s].modalities else [("modality", 1)]
+                assert [tuple(b) for b in ex.breaches(i, j, s)] == want
+                assert (ex.violation(i, j, s) is None) == (not want)
+                inside = i < valid.shape[0] and j < valid.shape[1] and s < valid.shape[2]
+                assert (inside and bool(valid[i, j, s])) == (not want)
+                clean += [(i, j, s)] if not want else []
+    assert valid_dispatches(ex) == clean

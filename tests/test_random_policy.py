@@ -24,6 +24,7 @@ from llmoffload.experiments.training import (
 )
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.learner import Learner, Transition
+from llmoffload.marl.numerics import Diagnostics
 from llmoffload.model.scenario import load_scenario
 
 
@@ -54,8 +55,8 @@ class Recording:
         self.valid += self.env.masks()[rows, actions[0, rows]].tolist()
         return actions
 
-    def observe(self, transition: Transition) -> None:
-        self.inner.observe(transition)
+    def observe(self, transition: Transition) -> Diagnostics:
+        return self.inner.observe(transition)
 
 
 @pytest.mark.parametrize("explore", [True, False])

@@ -206,6 +206,10 @@ def endpoints(**changes: dict[str, object]) -> dict[str, dict[str, object]]:
         ({"endpoints": endpoints(edge_text={"base_url": "http://h:99999"})}, "bad port"),
         ({"endpoints": endpoints(edge_text={"modalities": []})}, "at least 1 item"),
         (
+            {"endpoints": endpoints(edge_text={"api": "grpc"})},
+            "edge-text.api: Input should be 'chat' or 'completions'",
+        ),
+        (
             {"endpoints": endpoints(cloud={"timeout_s": -1})},
             "timeout_s: Input should be greater than 0",
         ),
@@ -235,6 +239,25 @@ def test_missing_and_unreadable_deployment_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("endpoints: [unclosed")
     with pytest.raises(OffloadError, match="not valid YAML"):
         load_deployment(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("max_tokens: 8\nendpoints: {}\nmax_tokens: 9\n", "max_tokens"),  # 9 won silently
+        ("endpoints:\n  cloud: {base_url: 'http://h', model: a, model: b}\n", "model"),
+    ],
+)
+def test_a_key_given_twice_is_refused_as_in_scenario_files(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    """A deployment is read as scenario files are: a pasted-in override does not hide the
+    first value."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(OffloadError) as err:
+        load_deployment(path)
+    assert str(err.value) == f"{path}: not valid YAML: duplicate key '{key}'"
 
 
 def test_deployment_shapes_the_scenario_the_policy_sees(tmp_path: Path) -> None:

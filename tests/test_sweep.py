@@ -85,8 +85,8 @@ def test_tiny_sweep_writes_every_file_and_a_second_run_reruns_nothing(swept: Pat
         assert f"### The paper's claims ({protocol} protocol)" in part
         assert "| UCB-COMA is best on every figure |" in part
         missing = "coma, maddpg, mappo, cs-ucb not in the sweep"
-        assert f"| UCB-COMA is best on every figure | **not tested** | {missing} |" in part
-        assert f"| COMA is second on reward | **not tested** | {missing} |" in part
+        assert f"| UCB-COMA is best on every figure | **not tested** |  | {missing} |" in part
+        assert f"| COMA is second on reward | **not tested** |  | {missing} |" in part
         assert f"### Fig. 4: training reward at the base setting ({protocol} protocol)" in part
         assert f"![fig9_failures{tag}](fig9_failures{tag}.png)" in part
         assert all(f"| {m} |" in part for m in ("heft", "best-classic", "optimal"))
@@ -252,12 +252,51 @@ def test_claims_are_judged_at_every_point() -> None:
         "does not hold",
         "fails at 1 of 2 points, e.g. Fig. 5 W=6, best first: ucb-coma 9, cs-ucb 8, coma 7, "
         "maddpg 5, mappo 4, random 1",
+        among="holds",  # without CS-UCB, COMA is second at both points
+        broken_by=("cs-ucb",),
     )
+    assert coma.parts == "holds among the MARL learners; would hold without cs-ucb"
     alone = {"cs-ucb": (np.array([3.0]), np.zeros(1))}
     one = check_claims(["cs-ucb"], [], [("Fig. 6", ["W=5"], alone)], random_trend=None)
     assert {v.verdict for v in one} == {"not tested"}  # CS-UCB alone is not "the highest"
     low = check_claims(methods, rewards, costs, random_trend=(3.0, 1.0))[3]
     assert low.verdict == "does not hold" and low.evidence.endswith("change over training: 3 ± 1")
+
+
+def test_a_verdict_says_what_part_holds_and_what_breaks_it_with_intervals() -> None:
+    """CS-UCB above UCB-COMA at one point of two: the claim holds among the MARL learners and
+    CS-UCB alone breaks it; Random above MAPPO as well: then "Random is lowest" fails even
+    among the MARL learners, and only MAPPO's absence would mend it."""
+    methods = ["ucb-coma", "coma", "cs-ucb", "maddpg", "mappo", "random"]
+
+    def series(*rows: tuple[list[float], list[float]]) -> dict:
+        return {
+            m: (np.array(v, float), np.array(h, float))
+            for m, (v, h) in zip(methods, rows, strict=True)
+        }
+
+    rewards = series(
+        ([9, 9], [1, 0.5]), ([8, 8], [0, 0]), ([7, 10], [0.25, 2]), ([5, 5], [0, 0]),
+        ([4, 0], [0, 0]), ([1, 1], [0, 0]),
+    )  # fmt: skip
+    costs = series(*[([1.0 + k], [0.0]) for k in range(5)], ([np.nan], [0.0]))
+    ucb, coma, _, low = check_claims(
+        methods, [("Fig. 5", ["W=5", "W=6"], rewards)], [("Fig. 6", ["W=5"], costs)], None
+    )
+    assert ucb.verdict == "does not hold" and ucb.among == "holds"
+    assert ucb.broken_by == ("cs-ucb",)
+    assert ucb.evidence.startswith(
+        "reward figures: fails at 1 of 2 points, e.g. Fig. 5 W=6, best first: cs-ucb 10 ± 2, "
+        "ucb-coma 9 ± 0.5, coma 8, maddpg 5, random 1, mappo 0; weighted-sum figures: at all "
+        "1 points, e.g. Fig. 6 W=5, best first: ucb-coma 1, coma 2"
+    )
+    assert coma.verdict == "does not hold" and coma.broken_by == ("cs-ucb",)
+    assert (low.verdict, low.among, low.broken_by) == ("does not hold", "does not hold", ("mappo",))
+    assert low.parts == "does not hold among the MARL learners; would hold without mappo"
+    alone = check_claims(methods, [("Fig. 5", ["W=5"], rewards)], [], None)[0]
+    assert (alone.verdict, alone.parts) == ("holds", "")
+    want = "reward figures: at all 1 points, e.g. Fig. 5 W=5, best first: ucb-coma 9 ± 1, coma 8"
+    assert alone.evidence.startswith(want)
 
 
 def test_trend_is_the_least_squares_change_with_its_t_interval() -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import errno
 from importlib import metadata
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from llmoffload.cli import reproduce, runtime, scenario, schedule, train
-from llmoffload.errors import OffloadError
+from llmoffload.errors import OffloadError, extra_of, needs
+
+if TYPE_CHECKING:  # Typer vendors click: its commands take this Context
+    from typer._click.core import Context
 
 EXIT_BAD_INPUT = 2  # the same code Typer uses for usage errors
 
@@ -25,7 +28,7 @@ class PlainGroup(TyperGroup):
     """Lists each command beside its help's whole first paragraph, wrapped: click's default
     cuts it at the first full stop ("Reproduce the paper's Figs.") or at the line's end."""
 
-    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:
+    def format_commands(self, ctx: Context, formatter: Any) -> None:
         rows = []
         for name in self.list_commands(ctx):
             command = self.get_command(ctx, name)
@@ -37,20 +40,26 @@ class PlainGroup(TyperGroup):
 
 
 class ReportingGroup(PlainGroup):
-    """Turns OffloadError, OSError and a bad option value (out of its range, missing) from
-    any subcommand into one line on stderr, exit 2, instead of click's usage text.
+    """Turns OffloadError, OSError, a bad option value (out of its range, missing) and a
+    missing extra from any subcommand into one line on stderr, exit 2, instead of click's
+    usage text or a traceback.
 
     Catching here, rather than in ``main``, makes in-process runs (tests,
     ``CliRunner``) behave exactly like the installed command.
     """
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except typer.BadParameter as exc:
             message = exc.format_message()
         except OffloadError as exc:
             message = str(exc)
+        except ModuleNotFoundError as exc:  # a command that does not check its extra first
+            extra = extra_of(exc)
+            if extra is None:
+                raise
+            message = str(needs(extra, ctx.invoked_subcommand or "this command"))
         except OSError as exc:
             if exc.errno == errno.EPIPE:  # a closed pipe: let Typer exit quietly
                 raise
@@ -104,7 +113,7 @@ app.command("instance")(scenario.instance_cmd)
 scenario_app.command("show")(scenario.scenario_show)
 scenario_app.command("validate")(scenario.scenario_validate)
 app.command("schedule")(schedule.schedule_cmd)
-app.command("train")(train.train_cmd)
+app.command("train", cls=train.LearnerHelp)(train.train_cmd)
 app.command("evaluate")(train.evaluate_cmd)
 app.command("reproduce")(reproduce.reproduce_cmd)
 

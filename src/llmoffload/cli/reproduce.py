@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from llmoffload.cli.train import LOCKSTEP_HELP, PROTOCOL_HELP
-from llmoffload.errors import OffloadError
+from llmoffload.errors import OffloadError, require
 
 STUDIES = ("paper", "beyond")
 
@@ -98,7 +98,8 @@ def reproduce_cmd(
     from dataclasses import replace
     from functools import partial
 
-    from llmoffload.experiments.sweep import execute
+    require("learn", "reproduce")
+    from llmoffload.experiments.sweep import execute, outdated
 
     began = time.perf_counter()
     if study not in STUDIES:
@@ -155,12 +156,17 @@ def reproduce_cmd(
         specs = sweep_plan(grid)
         write_report = partial(report.write_report, grid)
 
-    outcome = execute(specs, out, workers or os.cpu_count() or 1, ray)  # makes out
-    write_report(specs, outcome, out)
-    cached = len(outcome.results) - outcome.ran
+    changes = outdated(specs, out)
+    if changes:
+        typer.echo(
+            f"{out} holds runs of other code (changed: {', '.join(changes)}): rerunning them"
+        )
+    swept = execute(specs, out, workers or os.cpu_count() or 1, ray)  # makes out
+    write_report(specs, swept, out)
+    cached = len(swept.results) - swept.ran
     typer.echo(
-        f"{len(specs)} runs: {outcome.ran} ran, {cached} cached, {len(outcome.failures)} failed "
+        f"{len(specs)} runs: {swept.ran} ran, {cached} cached, {len(swept.failures)} failed "
         f"({time.perf_counter() - began:.0f} s). Figures and REPORT.md: {out}/"
     )
-    if outcome.failures:
+    if swept.failures:
         raise typer.Exit(1)

@@ -10,7 +10,6 @@ line prints as one ``error:`` line.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import signal
 import socket
@@ -25,32 +24,22 @@ import yaml
 from pydantic import ValidationError
 
 from llmoffload.display import table
-from llmoffload.errors import OffloadError
+from llmoffload.errors import OffloadError, require
 from llmoffload.files import write_text_atomic
 from llmoffload.model.scenario import Server, one_line
+from llmoffload.schedulers.registry import SCHEDULERS
 
 if TYPE_CHECKING:
     from llmoffload.runtime.calibrate import Sample
     from llmoffload.runtime.executor import Batch
-
-EXTRA = ("httpx", "fastapi", "uvicorn")
-LOCAL = ("llama_cpp", "gguf", "sse_starlette", "starlette_context", "pydantic_settings")
+    from llmoffload.runtime.media import Kind
 
 DeploymentOption = Annotated[
     Path, typer.Option("--deployment", help="Deployment YAML: an endpoint per server.")
 ]
 PolicyOption = Annotated[
-    str, typer.Option(help="A scheduler (heft, greedy, optimal, ...) or a trained run directory.")
+    str, typer.Option(help=f"One of: {', '.join(SCHEDULERS)}, or a trained run directory.")
 ]
-
-
-def require_extra(modules: tuple[str, ...] = EXTRA, extra: str = "runtime") -> None:
-    """One clear error instead of an ImportError when an extra is missing."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise OffloadError(
-            f"this command needs {', '.join(missing)}: pip install 'llmoffload[{extra}]'"
-        )
 
 
 def check_choice(option: str, value: str, choices: tuple[str, str]) -> None:
@@ -89,7 +78,7 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run one request on the real endpoints; print its answer and per-subtask trace."""
-    require_extra()
+    require("runtime", "run")
     import httpx
 
     from llmoffload.runtime.deployment import load_deployment
@@ -97,8 +86,9 @@ def run_cmd(
     from llmoffload.runtime.media import read_media
     from llmoffload.runtime.trace import draw_real_vs_predicted, result_json, trace_table
 
+    given: tuple[tuple[Kind, Path | None], ...] = (("image", image), ("audio", audio))
     media = {}
-    for kind, path in (("image", image), ("audio", audio)):
+    for kind, path in given:
         if path is not None:
             try:
                 media[kind] = read_media(kind, path)
@@ -149,7 +139,7 @@ def calibrate_cmd(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the probe prompts' words.")] = 0,
 ) -> None:
     """Measure every endpoint and write a scenario whose server timings fit them."""
-    require_extra()
+    require("runtime", "calibrate")
     import httpx
 
     from llmoffload.runtime.calibrate import fit, measure, relative_errors
@@ -220,7 +210,7 @@ def serve_cmd(
     ] = "together",
 ) -> None:
     """Serve the deployment over HTTP: POST /v1/requests, GET /health."""
-    require_extra()
+    require("runtime", "serve")
     import uvicorn
 
     from llmoffload.runtime.deployment import load_deployment
@@ -252,7 +242,7 @@ def endpoints_up_cmd(deployment: DeploymentOption) -> None:
 
     Random weights: the answers are gibberish, the servers real. SIGTERM stops them too.
     """
-    require_extra(LOCAL, "local")
+    require("local", "endpoints up")
     from llmoffload.runtime.deployment import load_deployment
     from llmoffload.runtime.local import addresses, started
 

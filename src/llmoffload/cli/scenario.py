@@ -79,7 +79,11 @@ def describe_scenario(sc: Scenario) -> str:
                     f"{s.output_kbit.low:g}-{s.output_kbit.high:g}",
                 ]
                 + (
-                    [f"{r.low}-{r.high}" for r in (s.prompt_tokens, s.output_tokens)]
+                    [  # both set under compute: tokens (the scenario's check)
+                        f"{r.low}-{r.high}"
+                        for r in (s.prompt_tokens, s.output_tokens)
+                        if r is not None
+                    ]
                     if tokens
                     else []
                 )

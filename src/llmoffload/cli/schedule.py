@@ -130,12 +130,14 @@ def schedule_cmd(
     run = resolve_policy(policy, time_limit)
     inst = load_instance(instance_file)
     if gantt is not None:
-        from llmoffload.model.gantt import check_format, draw_gantt  # matplotlib only when asked
+        from llmoffload.model.gantt import check_format  # matplotlib only when asked
 
         check_format(gantt)
         check_output(gantt)
     outcome = run(inst, np.random.default_rng(seed))
     if gantt is not None:
+        from llmoffload.model.gantt import draw_gantt
+
         sched = outcome.schedule
         title = (
             f"{policy} on {instance_file.name}: objective {sched.objective:.4f}, "

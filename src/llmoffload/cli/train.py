@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
+from typer.core import TyperCommand, TyperOption
 
 from llmoffload.display import table
-from llmoffload.errors import OffloadError
+from llmoffload.errors import OffloadError, require
 from llmoffload.model.scenario import load_scenario, with_reward
+
+if TYPE_CHECKING:  # Typer vendors click: its commands take this Context
+    from typer._click.core import Context
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
 
@@ -18,6 +22,7 @@ LOCKSTEP_HELP = (
     "Training episodes played at once, one forward of the networks for all (default 1: "
     "one by one; more is faster, and cost UCB-COMA and COMA reward, see docs)."
 )
+LEARNERS_HELP = "{learners}"  # filled in from marl.registry.LEARNERS when help is shown
 PROTOCOL_HELP = (
     "paper: learn which actions are valid from the penalties, as the paper (an agent does "
     "not retry an action refused in the same state); masked: act and learn on valid "
@@ -25,14 +30,35 @@ PROTOCOL_HELP = (
 )
 
 
+class LearnerHelp(TyperCommand):
+    """A command whose options' help names the learners: ``{learners}`` is filled in from
+    ``marl.registry.LEARNERS`` only when the help is shown, since the registry imports
+    PyTorch, which no other command should wait for (or need)."""
+
+    def format_options(self, ctx: Context, formatter: Any) -> None:
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.help:
+                param.help = param.help.replace(LEARNERS_HELP, learner_names())
+        super().format_options(ctx, formatter)
+
+
+def learner_names() -> str:
+    """Every registered learner, the paper's first, or how to get them."""
+    try:
+        require("learn", "train")
+    except OffloadError:
+        return "those of the learn extra (pip install 'llmoffload[learn]')"
+    from llmoffload.marl.registry import LEARNERS, PAPER
+
+    beyond = [name for name in LEARNERS if name not in PAPER]
+    return f"{', '.join(PAPER)} (the paper's), {', '.join(beyond)}"
+
+
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
     algo: Annotated[
         str,
-        typer.Option(
-            help="ucb-coma, coma, mappo, maddpg, cs-ucb, random (the paper's), gnn-sched "
-            "(one graph policy cloned from CP-SAT, then PPO), ucb-coma-bc, coma-bc, mappo-bc."
-        ),
+        typer.Option(help=f"A learner: {LEARNERS_HELP}."),
     ] = "ucb-coma",
     scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
     episodes: Annotated[int, typer.Option(min=1, help="Training episodes (paper: 700).")] = 700,
@@ -68,6 +94,7 @@ def train_cmd(
     ] = False,
 ) -> None:
     """Train a learner; writes episodes.csv, checkpoint.pt, reward_curve.png, config.json."""
+    require("learn", "train")
     from llmoffload.experiments.training import (  # torch only when asked
         LOCKSTEP,
         make_config,
@@ -117,6 +144,7 @@ def evaluate_cmd(
     ] = 10.0,
 ) -> None:
     """Greedy policy on held-out instances, beside HEFT and Optimal; writes evaluation.csv."""
+    require("learn", "evaluate")
     from llmoffload.experiments.training import evaluate_run, load_run  # torch only when asked
 
     load_run(run)  # a clear error before any work if the run is missing

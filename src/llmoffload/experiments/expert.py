@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from llmoffload.files import write_text_atomic
-from llmoffload.marl.imitation import Demo
+from llmoffload.marl.learner import Demo
 from llmoffload.model.execution import Dispatch
 from llmoffload.model.instance import sample_instance
 from llmoffload.model.scenario import Scenario, parse_scenario

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ SEED_MARKERS = ("x", "+", "1", "2", "3", "4", "^", "v")  # the first seed's, the
 
 
 def reward_curve(
-    curves: dict[str, Sequence[float] | np.ndarray], path: str | Path, alpha: float = 0.05
+    curves: Mapping[str, Sequence[float] | np.ndarray], path: str | Path, alpha: float = 0.05
 ) -> None:
     """Episode reward per method (paper Fig. 4): the EMA of the seed mean as a line over
     the raw seed mean, faint; around the line the 95% CI of the per-seed EMAs shaded, or

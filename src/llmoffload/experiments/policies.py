@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmoffload.errors import OffloadError
+from llmoffload.errors import OffloadError, require
 from llmoffload.schedulers.registry import SCHEDULERS, Outcome, Policy, classic
 
 
@@ -13,6 +13,7 @@ def resolve_policy(policy: str, time_limit_s: float) -> Policy:
     """The scheduler ``policy`` names, or the trained run in that directory, checked (and a
     run's checkpoint loaded) before any work is done."""
     if policy != "optimal" and Path(policy).is_dir():
+        require("learn", f"the trained run {policy}")
         from llmoffload.experiments.training import trained_policy  # torch only when asked
 
         schedule = trained_policy(Path(policy))  # a damaged or unsafe checkpoint fails now

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from llmoffload.experiments.claims import Series, Verdict, check_claims
+from llmoffload.experiments.claims import MARL, Series, Verdict, check_claims
 from llmoffload.experiments.plots import FEW_SEEDS, Panel, Values, line_chart, reward_curve
-from llmoffload.experiments.stats import ci95, trend
-from llmoffload.experiments.sweep import ANY, REFERENCES, Grid, Outcome, RunSpec
+from llmoffload.experiments.stats import cell, ci95, trend
+from llmoffload.experiments.sweep import ANY, REFERENCES, Grid, RunSpec, SweepResults
 from llmoffload.files import write_csv, write_text_atomic
 
 TAIL = 50  # training episodes averaged into a learner's "average reward"
@@ -262,7 +262,7 @@ class Part:
     verdicts: list[Verdict]
 
 
-def write_report(grid: Grid, specs: list[RunSpec], outcome: Outcome, out: Path) -> list[Part]:
+def write_report(grid: Grid, specs: list[RunSpec], outcome: SweepResults, out: Path) -> list[Part]:
     """Write every protocol's figures, their CSVs, and REPORT.md into ``out``; returns each
     protocol's numbers and verdicts (benchmarks/results.py's headline)."""
     parts = []
@@ -280,12 +280,28 @@ def write_figures(
 ) -> tuple[list[Section], list[Verdict]]:
     """One protocol's figures and CSVs, their file stems ending in ``tag``; returns the
     report's sections and the claims' verdicts."""
-    methods, every = list(grid.methods), [*grid.methods, *REFERENCES]
     base, lines, failure = figures(grid)
-    sections: list[Section] = []
+    curves = training_curves(grid, records, base)
+    write_curves(curves, out, tag)
+    at_base, fig4 = base_numbers(grid, records, base, tag)
+    tables, sections = write_lines(grid, records, lines, out, tag)
+    fig9 = write_failures(grid, records, failure, out, tag)
+    reward_figs = [("Fig. 4", ["base"], at_base["average reward"])]
+    reward_figs += [point(f, tables) for f in lines if not f.scaled]
+    cost_figs = [point(f, tables) for f in lines if f.scaled]
+    drift = trend(curves["random"]) if "random" in curves else None
+    verdicts = check_claims(list(grid.methods), reward_figs, cost_figs, drift)
+    return [fig4, *sections, fig9], verdicts
 
-    curves = {m: [r.curve for r in base.runs(records, m, 0.0)] for m in methods}
-    curves = {m: np.array(c) for m, c in curves.items() if c}
+
+def training_curves(grid: Grid, records: list[Record], base: Axis) -> dict[str, np.ndarray]:
+    """Per learner, its runs' training rewards at the base setting (seeds x episodes)."""
+    curves = {m: [r.curve for r in base.runs(records, m, 0.0)] for m in grid.methods}
+    return {m: np.array(c) for m, c in curves.items() if c}
+
+
+def write_curves(curves: dict[str, np.ndarray], out: Path, tag: str) -> None:
+    """Fig. 4: the training curves, and their mean and interval per episode as CSV."""
     reward_curve(curves, out / f"fig4_reward_curves{tag}.png")
     rows = [
         {"method": m, "episode": e, "mean": mean[e], "ci95": half[e], "seeds": len(c)}
@@ -294,28 +310,37 @@ def write_figures(
         for e in range(c.shape[1])
     ]
     write_csv(out / f"fig4_reward_curves{tag}.csv", rows, CSV_FLOATS)
-    at_base = {
-        name: base.series(records, every, metric)
-        for name, metric in (
-            ("average reward", reward),
-            ("weighted sum", objective),
-            ("ratio to Optimal", ratio_to(records)),
-        )
-    }
-    sections.append(
-        (
-            "Fig. 4: training reward at the base setting",
-            f"fig4_reward_curves{tag}",
-            merge(*(table(s, [name]) for name, s in at_base.items())),
-        )
+
+
+def base_numbers(
+    grid: Grid, records: list[Record], base: Axis, tag: str
+) -> tuple[dict[str, Series], Section]:
+    """Every method's reward, weighted sum and ratio to Optimal at the base setting: the
+    series the claims judge Fig. 4 by, and Fig. 4's table."""
+    every = [*grid.methods, *REFERENCES]
+    metrics = (("average reward", reward), ("weighted sum", objective))
+    metrics += (("ratio to Optimal", ratio_to(records)),)
+    at_base = {name: base.series(records, every, metric) for name, metric in metrics}
+    numbers = merge(*(table(s, [name]) for name, s in at_base.items()))
+    return at_base, (
+        "Fig. 4: training reward at the base setting",
+        f"fig4_reward_curves{tag}",
+        numbers,
     )
 
-    tables = {}
+
+def write_lines(
+    grid: Grid, records: list[Record], lines: list[Figure], out: Path, tag: str
+) -> tuple[dict[str, Series], list[Section]]:
+    """Figs. 5-8, their CSVs (the weighted sums scaled too) and tables; returns each
+    figure's unscaled series by name, and its section."""
+    every = [*grid.methods, *REFERENCES]
+    tables, sections = {}, []
     for fig in lines:
         values = fig.axis.values(records, every, fig.metric)
         raw = tables[fig.name] = summary(values)
         unit = Unit.of(raw) if fig.scaled else None
-        shown = normalise(raw) if unit else {m: raw[m] for m in methods}
+        shown = normalise(raw) if unit else {m: raw[m] for m in grid.methods}
         seeds = {m: [unit(v) if unit else v for v in values[m]] for m in shown}
         panel = Panel(fig.axis.label, fig.ylabel, list(fig.axis.xs), shown, set(REFERENCES), seeds)
         line_chart([panel], out / f"{fig.name}{tag}.png")
@@ -328,7 +353,14 @@ def write_figures(
             ]
         write_csv(out / f"{fig.name}{tag}.csv", rows, CSV_FLOATS)
         sections.append((fig.title, fig.name + tag, table(raw, fig.axis.labels())))
+    return tables, sections
 
+
+def write_failures(
+    grid: Grid, records: list[Record], failure: Axis, out: Path, tag: str
+) -> Section:
+    """Fig. 9: the failure method's reward and weighted sum against the failure
+    probability, its CSV, and its table."""
     one = [grid.failure_method]
     fail_values = {
         name: failure.values(records, one, metric)
@@ -347,21 +379,9 @@ def write_figures(
         [{"metric": name} | r for name, s in fail.items() for r in long_rows(failure, s)],
         CSV_FLOATS,
     )
-    sections.append(
-        (
-            f"Fig. 9: {grid.failure_method} under edge failures",
-            f"fig9_failures{tag}",
-            merge(
-                *(table(s, [f"{name}, {x}" for x in failure.labels()]) for name, s in fail.items())
-            ),
-        )
-    )
-
-    reward_figs = [("Fig. 4", ["base"], at_base["average reward"])]
-    reward_figs += [point(f, tables) for f in lines if not f.scaled]
-    cost_figs = [point(f, tables) for f in lines if f.scaled]
-    drift = trend(curves["random"]) if "random" in curves else None
-    return sections, check_claims(methods, reward_figs, cost_figs, drift)
+    labels = failure.labels()
+    numbers = merge(*(table(s, [f"{name}, {x}" for x in labels]) for name, s in fail.items()))
+    return (f"Fig. 9: {grid.failure_method} under edge failures", f"fig9_failures{tag}", numbers)
 
 
 def point(fig: Figure, tables: dict[str, Series]) -> tuple[str, list[str], Series]:
@@ -378,19 +398,24 @@ def long_rows(axis: Axis, series: Series) -> list[dict[str, Any]]:
     ]
 
 
-# -- the paper's claims (paper §5; docs/model.md §6) -----------------------------------------
-
 # -- REPORT.md ------------------------------------------------------------------------------
 
 
-def cell(value: tuple[float, float]) -> str:
-    mean, half = value
-    if not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.4g} ± {half:.2g}" if half else f"{mean:.4g}"
+def verdict_rows(verdicts: list[Verdict]) -> list[str]:
+    """The claims' table, REPORT.md's and docs/results.md's alike, and how to read it."""
+    lines = [
+        "A claim that does not hold says whether it holds among the paper's MARL learners "
+        f"({', '.join(MARL)}; CS-UCB is a bandit whose constraint filter is the valid-action "
+        "mask) and without which one method it would hold.",
+        "",
+        "| claim | verdict | what holds, what breaks it | numbers (mean ± 95% CI) |",
+    ]
+    lines += ["|---|---|---|---|"]
+    lines += [f"| {v.claim} | **{v.verdict}** | {v.parts} | {v.evidence} |" for v in verdicts]
+    return lines
 
 
-def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Part]) -> str:
+def markdown(grid: Grid, specs: list[RunSpec], outcome: SweepResults, parts: list[Part]) -> str:
     """The report: the setting and the protocols, then per protocol the claims and each
     figure with its numbers."""
     lines = [
@@ -447,8 +472,7 @@ def markdown(grid: Grid, specs: list[RunSpec], outcome: Outcome, parts: list[Par
     for part in parts:
         under = f"({part.protocol} protocol)"
         lines += ["", f"## The {part.protocol} protocol", "", f"### The paper's claims {under}"]
-        lines += ["", "| claim | verdict | numbers |", "|---|---|---|"]
-        lines += [f"| {v.claim} | **{v.verdict}** | {v.evidence} |" for v in part.verdicts]
+        lines += ["", *verdict_rows(part.verdicts)]
         for title, stem, tab in part.sections:
             columns = list(next(iter(tab.values())))
             link = f"![{stem}]({stem}.png) ([numbers]({stem}.csv))"

@@ -38,6 +38,17 @@ def trend(curves: np.ndarray) -> tuple[float, float]:
 
     curves = np.atleast_2d(curves)
     episodes = curves.shape[1]
-    fit = stats.linregress(np.tile(np.arange(episodes), len(curves)), curves.ravel())
-    half = stats.t.ppf(0.975, curves.size - 2) * fit.stderr
-    return fit.slope * episodes, half * episodes
+    # unpacked: the result's fields are not in SciPy's type stubs
+    slope, _, _, _, stderr = stats.linregress(
+        np.tile(np.arange(episodes), len(curves)), curves.ravel()
+    )
+    half = stats.t.ppf(0.975, curves.size - 2) * stderr
+    return slope * episodes, half * episodes
+
+
+def cell(value: tuple[float, float]) -> str:
+    """A mean and its CI half-width as a table cell: "n/a" where there is no mean."""
+    mean, half = value
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4g} ± {half:.2g}" if half else f"{mean:.4g}"

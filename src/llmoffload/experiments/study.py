@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from llmoffload.errors import OffloadError
-from llmoffload.experiments.sweep import REFERENCES, RunSpec, check_runs
+from llmoffload.errors import require
+from llmoffload.experiments.sweep import REFERENCES, Budget, RunSpec, check_runs
 from llmoffload.experiments.training import LOCKSTEP
 from llmoffload.marl.registry import LEARNERS
 from llmoffload.model.scenario import load_scenario, with_reward
@@ -59,7 +59,14 @@ def plan(study: Study) -> list[RunSpec]:
     at the scenario's own W and T_max; checked before any run starts."""
     specs = []
     for name in study.scenarios:
-        budget = replace(study, episodes=episodes(study, name))
+        budget = Budget(
+            study.methods,
+            study.seeds,
+            episodes(study, name),
+            study.lockstep,
+            study.eval_episodes,
+            study.time_limit_s,
+        )
         check_runs(budget)
         scenario = with_reward(load_scenario(name), REWARD)
         # the scenario's own key order: it decides the instances drawn (see sweep.plan)
@@ -121,10 +128,9 @@ def ratios(objs: dict[str, dict[int, np.ndarray]], reference: str) -> Scores:
 
 def rliable() -> tuple[ModuleType, ModuleType]:
     """rliable's library and metrics, imported only when the study needs them."""
-    try:
-        from rliable import library, metrics
-    except ImportError:
-        raise OffloadError("--study needs rliable: pip install 'llmoffload[study]'") from None
+    require("study", "--study")
+    from rliable import library, metrics
+
     return library, metrics
 
 

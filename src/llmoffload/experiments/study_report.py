@@ -30,7 +30,7 @@ from llmoffload.experiments.study import (
     ratios,
     scenario_of,
 )
-from llmoffload.experiments.sweep import REFERENCES, Outcome, RunSpec
+from llmoffload.experiments.sweep import REFERENCES, RunSpec, SweepResults
 from llmoffload.files import write_text_atomic
 
 STUDY_FILE = "study.json"
@@ -62,7 +62,7 @@ class Section:
     figures: list[tuple[str, str]]  # (file, what it shows)
 
 
-def write_report(study: Study, specs: list[RunSpec], outcome: Outcome, out: Path) -> None:
+def write_report(study: Study, specs: list[RunSpec], outcome: SweepResults, out: Path) -> None:
     """Write each scenario's figures, REPORT.md, and ``study.json``: the study as run, so
     that benchmarks/results.py can plan the same runs and find them in the cache."""
     sections = []
@@ -134,17 +134,21 @@ def verdict(scenario: str, rows: list[Row], learners: tuple[str, ...]) -> str:
         f"the best learner's IQM ratio to Optimal at most {TARGET:g} and the 95% interval of "
         "its ratio to the best classic entirely below 1"
     )
-    judged = [r for r in rows if r.method in learners and r.to_optimal and r.to_classic]
+    judged = [
+        (r.method, optimal, classic)
+        for r in rows
+        if r.method in learners and (optimal := r.to_optimal) and (classic := r.to_classic)
+    ]
     if not judged:
         return (
             f"Target ({target}): **not tested** on {scenario}: no learner run has both references."
         )
-    best = min(judged, key=lambda r: r.to_optimal.iqm)
-    holds = best.to_optimal.iqm <= TARGET and best.to_classic.high < 1.0
+    best, optimal, classic = min(judged, key=lambda j: j[1].iqm)
+    holds = optimal.iqm <= TARGET and classic.high < 1.0
     return (
         f"Target ({target}): **{'holds' if holds else 'does not hold'}** on {scenario}. "
-        f"The best learner, {best.method}, is at {estimate(best.to_optimal)} of Optimal and "
-        f"{estimate(best.to_classic)} of the best classic."
+        f"The best learner, {best}, is at {estimate(optimal)} of Optimal and "
+        f"{estimate(classic)} of the best classic."
     )
 
 
@@ -152,7 +156,9 @@ def estimate(e: Estimate | None) -> str:
     return "n/a" if e is None else f"{e.iqm:.4g} [{e.low:.4g}, {e.high:.4g}]"
 
 
-def markdown(study: Study, specs: list[RunSpec], outcome: Outcome, sections: list[Section]) -> str:
+def markdown(
+    study: Study, specs: list[RunSpec], outcome: SweepResults, sections: list[Section]
+) -> str:
     """The report: what ran and how to read it, then per scenario the verdict, the table
     and the figures."""
     lines = [

@@ -6,8 +6,9 @@ probability, per seed and protocol; shared points once), plus the references
 (HEFT, best classic, Optimal) on the same held-out instances at every
 setting. A run is named by a hash of everything that decides its numbers (the
 setting, the resolved scenario, the method's config under its protocol, the
-result format), so an interrupted sweep
-resumes where it stopped and a changed setting reruns only the runs it touches.
+result format, and the digest of the code the run executes: ``run_code``), so an
+interrupted sweep resumes where it stopped, and a changed setting, or a change to
+code a run executes, reruns only the runs it touches.
 A run the protocol does not change (CS-UCB, which always masks; the references)
 has the protocol ``any`` and serves every protocol's figures. A run is done
 when its ``result.json`` exists: the driver writes it last and atomically; a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import shutil
 import signal
@@ -28,15 +30,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from itertools import product
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from llmoffload.errors import OffloadError
+from llmoffload.errors import OffloadError, require
+from llmoffload.experiments.provenance import SRC, CodeDigest, changed, closure
 from llmoffload.experiments.training import (
     LOCKSTEP,
     PROTOCOLS,
@@ -51,9 +54,10 @@ from llmoffload.files import write_text_atomic
 from llmoffload.marl.registry import LEARNERS, PAPER
 from llmoffload.model.scenario import Scenario, load_scenario, parse_scenario
 
-RESULT_FORMAT = "llmoffload-result/2"  # 2: runs carry their protocol
+RESULT_FORMAT = "llmoffload-result/3"  # 2: runs carry their protocol; 3: and their code
 REFERENCES = ("heft", "best-classic", "optimal")  # beside the learners, never trained
 ANY = "any"  # the protocol of a run that every protocol would run alike
+ALGORITHMS = "llmoffload.marl.algorithms."  # one learner per module: a run executes one
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,21 @@ class Grid:
     time_limit_s: float = 10.0  # Optimal, per held-out instance
     scenario: str = "paper"
 
+    @property
+    def budget(self) -> Budget:
+        """What the grid gives each of its runs."""
+        return Budget(
+            self.methods,
+            self.seeds,
+            self.episodes,
+            self.lockstep,
+            self.eval_episodes,
+            self.time_limit_s,
+        )
+
     def check(self) -> None:
         """One clear error for a grid that cannot run, before any run starts."""
-        check_runs(self)
+        check_runs(self.budget)
         if self.failure_method not in self.methods:
             raise OffloadError(f"the failure method '{self.failure_method}' is not swept")
         for protocol in self.protocols:
@@ -109,9 +125,10 @@ QUICK = Grid(
 )
 
 
-class Budget(Protocol):
+@dataclass(frozen=True)
+class Budget:
     """What a plan gives each run: the learners, seeds and how long each run works
-    (a ``Grid``, or ``study.Study``)."""
+    (``Grid.budget``; ``study.plan``'s per scenario)."""
 
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -151,12 +168,18 @@ class RunSpec:
 
     @cached_property  # a frozen dataclass: hashed once, on first use
     def key(self) -> str:
-        """A hash of everything that decides this run's numbers, the resolved config too."""
+        """A hash of everything that decides this run's numbers: the resolved config and
+        the code it executes too."""
         config = asdict(self.config()) if self.method in LEARNERS else {}
         text = json.dumps(
-            {"format": RESULT_FORMAT, **asdict(self), "config": config}, sort_keys=True
+            {"format": RESULT_FORMAT, **asdict(self), "config": config, "code": self.code.digest},
+            sort_keys=True,
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @cached_property  # computed where the run is planned, and pickled with it to a worker
+    def code(self) -> CodeDigest:
+        return run_code(self.method, SRC)
 
     def config(self) -> Any:
         """The learner's config under this run's protocol (under ANY, all give the same)."""
@@ -203,6 +226,17 @@ class RunSpec:
         )
 
 
+@cache  # once per process, as its code is imported once: a plan asks for every run
+def run_code(method: str, src: Path) -> CodeDigest:
+    """The code a run of ``method`` executes, read under ``src``: the sweep's modules with
+    what they import, but of the algorithms only the method's own module (the registry's
+    constructor's) and what it imports; a reference's, none. Editing one algorithm's file
+    so reruns only that algorithm's runs."""
+    shared = closure([__name__], src, skip=lambda module: module.startswith(ALGORITHMS))
+    own = LEARNERS[method].build.__module__ if method in LEARNERS else None
+    return CodeDigest.of(shared | (closure([own], src) if own else {}))
+
+
 def variant(base: Scenario, bandwidth_mhz: float, deadline_s: float) -> Scenario:
     """The base scenario at bandwidth W and deadline T_max, validated like a file."""
     data = base.model_dump(mode="json")
@@ -232,7 +266,7 @@ def plan(grid: Grid) -> list[RunSpec]:
     points += [(m, w, t, 0.0) for m in REFERENCES for w, t in grid.settings()]
     specs = {}
     for seed, protocol, (method, w, t, p) in product(grid.seeds, grid.protocols, points):
-        spec = RunSpec.of(method, protocol, (w, t, p), seed, grid, base)
+        spec = RunSpec.of(method, protocol, (w, t, p), seed, grid.budget, base)
         specs.setdefault(spec.key, spec)
     return list(specs.values())
 
@@ -276,8 +310,9 @@ def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
     held = {k: [row[k] for row in rows] for k in keys if k in rows[0]}
     return {
         "format": RESULT_FORMAT,
-        "spec": {k: v for k, v in asdict(spec).items() if k != "scenario"},
+        "spec": spec_fields(spec),
         "key": spec.key,
+        "code": spec.code.modules,  # what a result of other code names as changed
         "wall_s": time.perf_counter() - began,
         "train_s": train_s,  # training alone (a planner's expert data included)
         "train_reward": curve,
@@ -289,8 +324,34 @@ def result_path(root: Path, spec: RunSpec) -> Path:
     return root / "runs" / spec.name / "result.json"
 
 
+def outdated(specs: list[RunSpec], root: Path) -> list[str]:
+    """What changed since ``root``'s results of the runs ``specs`` plans were made: for
+    each planned run without a result, a result there of the same spec (another key) names
+    the modules whose code differs, or that it predates results recording their code, or,
+    its code the same, that its scenario or config differed; none found, nothing."""
+    planned = {spec.key for spec in specs}
+    undone = [spec for spec in specs if not result_path(root, spec).is_file()]
+    todo = {json.dumps(spec_fields(spec), sort_keys=True): spec for spec in undone}
+    found: set[str] = set()
+    for path in root.glob("runs/*/result.json"):
+        result = json.loads(path.read_text())
+        spec = todo.get(json.dumps(result["spec"], sort_keys=True))
+        if spec is None or result["key"] in planned:
+            continue
+        if "code" not in result:
+            found.add(f"unknown, made as {result['format']}")
+        else:
+            found.update(changed(result["code"], spec.code.modules) or ["scenario or config"])
+    return sorted(found)
+
+
+def spec_fields(spec: RunSpec) -> dict[str, Any]:
+    """A run's settings as its result.json records them (the scenario aside)."""
+    return {k: v for k, v in asdict(spec).items() if k != "scenario"}
+
+
 @dataclass
-class Outcome:
+class SweepResults:
     """What a sweep produced: results by key, and one error line per failed run."""
 
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -307,7 +368,7 @@ def execute(
     workers: int = 2,
     ray_address: str | None = None,
     progress: bool = True,
-) -> Outcome:
+) -> SweepResults:
     """Run what is not cached yet; one run's failure is recorded and the others go on.
 
     ``root`` is made once the pool is up, so a pool that cannot start (a Ray cluster out
@@ -315,7 +376,7 @@ def execute(
     OffloadError; the runs finished by then are kept, and the next call resumes there.
     """
     root = root.resolve()
-    out = Outcome()
+    out = SweepResults()
     todo = []
     for spec in specs:
         path = result_path(root, spec)
@@ -406,16 +467,15 @@ def ray_pool(address: str) -> Iterator[tuple[Submit, int]]:
 
     ``address`` is the head's ``host:port`` (or ``ray://host:port`` for Ray Client).
     """
-    try:
-        import ray
-    except ImportError:
-        raise OffloadError("--ray needs Ray: pip install 'llmoffload[ray]'") from None
+    require("ray", "--ray")
+    import ray
+
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not (host and port.isdigit() and int(port) < 2**16):
         raise OffloadError(f"--ray {address}: expected host:port of the Ray head")
     try:  # ray.init retries an absent cluster for minutes; a socket answers at once
         socket.create_connection((host, int(port)), timeout=10).close()
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (OSError, RuntimeError) as exc:
         raise OffloadError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     try:

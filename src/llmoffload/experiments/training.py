@@ -1,8 +1,26 @@
 """Train a learner on the environment, save the run, and evaluate it on held-out instances.
 
 A run directory holds ``config.json``, ``episodes.csv`` (one row per episode),
-``checkpoint.pt``, ``reward_curve.png`` and, if TensorBoard is installed,
-``tensorboard/``. The checkpoint holds only tensors and plain data (dicts, lists,
+``updates.csv`` (one row per update of the learner), ``checkpoint.pt``,
+``reward_curve.png`` and, if TensorBoard is installed, ``tensorboard/`` (the episodes'
+scalars under ``episode/``, the updates' under ``update/``, both against the episode).
+
+``updates.csv``'s columns: ``episode``, the training episode whose step set the update
+off (a planner's: the first of the group it sampled), then what the algorithm's update
+reports (``numerics.Diagnostics``), each the update's value (the mean over its minibatch
+steps or epochs where it takes several):
+
+- UCB-COMA, COMA: ``critic_loss`` (TD error, in the targets' standardised units),
+  ``actor_loss``, ``entropy`` (of pi, mean over the acting agents),
+  ``explained_variance`` (of the TD targets by Q(S, A), over the acting agents);
+- MAPPO: ``actor_loss``, ``value_loss`` (clipped Huber, normalised units), ``entropy``,
+  ``approx_kl`` (of the acting policy to the new, ((r - 1) - log r)),
+  ``clip_fraction`` (of the ratios the clip cut), ``explained_variance`` (of the GAE
+  returns by the values at acting time);
+- MADDPG: ``critic_loss``, ``actor_loss``, ``entropy``;
+- gnn-sched: ``loss``, ``entropy``, ``approx_kl``, ``clip_fraction``;
+- CS-UCB and Random report none: a table of means, and no learning (header only).
+ The checkpoint holds only tensors and plain data (dicts, lists,
 numbers, strings) and is read with ``torch.load(weights_only=True)``: a run directory
 from elsewhere cannot run code when loaded. Every random draw flows from the run's
 seed: training episode e uses instance seed ``(seed, 0, e)`` and evaluation episode e
@@ -11,14 +29,15 @@ uses ``(seed, 1, e)``, so evaluation never sees a training instance.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,14 +47,25 @@ from llmoffload.errors import OffloadError
 from llmoffload.experiments.expert import demonstrations
 from llmoffload.files import check_output, replacing, write_csv, write_text_atomic
 from llmoffload.marl.env import VIOLATIONS, OffloadEnv, lateness, outcome, schedule_reward
-from llmoffload.marl.imitation import Demo, agent_states, check_init, clone_actors
-from llmoffload.marl.learner import Learner, Transition
+from llmoffload.marl.learner import (
+    Imitation,
+    Imitator,
+    Learner,
+    LearnerConfig,
+    Planner,
+    ProtocolMask,
+    Transition,
+)
+from llmoffload.marl.numerics import Diagnostics, seeded
 from llmoffload.marl.ranges import Range, check_config, settings_of
 from llmoffload.marl.registry import LEARNERS
 from llmoffload.model.execution import Schedule, evaluate
 from llmoffload.model.instance import Instance, sample_instance
 from llmoffload.model.scenario import Scenario, parse_scenario
 from llmoffload.schedulers.registry import classic
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing's own from Python 3.13
 
 TRAIN, EVAL = 0, 1
 # training episodes played at once by default: one, since K > 1 acts on a policy up to
@@ -52,6 +82,7 @@ CHECKPOINT_FORMAT = "llmoffload-checkpoint/1"  # 1: tensors and plain data only
 RUN_FILES = (
     "config.json",
     "episodes.csv",
+    "updates.csv",
     "checkpoint.pt",
     "reward_curve.png",
     "tensorboard",
@@ -65,15 +96,16 @@ def episode_seed(seed: int, stream: int, episode: int) -> int:
 
 
 def make_config(algo: str, overrides: dict[str, str], protocol: str = "paper") -> Any:
-    """The algorithm's config: its defaults, the protocol's masking, then ``--set
-    key=value`` overrides, each setting checked against its range."""
+    """The algorithm's config: its defaults, the protocol's masking (where its config is a
+    ``ProtocolMask``), then ``--set key=value`` overrides, each setting checked against
+    its range."""
     if algo not in LEARNERS:
         raise OffloadError(f"unknown algorithm '{algo}' (choose from {', '.join(LEARNERS)})")
     check_protocol(protocol)
     cls = LEARNERS[algo].config
     kinds = {name: kind for name, (kind, _) in settings_of(cls).items()}
     values: dict[str, Any] = dict(LEARNERS[algo].defaults)
-    if "mask" in kinds:
+    if issubclass(cls, ProtocolMask):
         values["mask"] = protocol == "masked"
     for key, text in overrides.items():
         if key not in kinds:
@@ -122,24 +154,28 @@ def run_episodes(
     learner: Learner,
     seeds: list[int],
     explore: bool,
-    instances: list[Instance | None] | None = None,
+    instances: Sequence[Instance | None] | None = None,
+    updates: list[tuple[int, Diagnostics]] | None = None,
 ) -> list[dict[str, float]]:
     """Play one episode in each env, in lockstep: each step, one ``act`` for all of them
     (one forward of the networks instead of one per episode), then each env's step and
     transition in env order. An exploring learner learns from the transitions as they
-    come. Each episode's instance and env draws come from its own seed, so a greedy
-    learner (``explore=False``, Random excepted) plays each episode as if alone.
+    come, and each update it makes is appended to ``updates`` as (the env whose step set
+    it off, its diagnostics). Each episode's instance and env draws come from its own
+    seed, so a greedy learner (``explore=False``, Random excepted) plays each episode
+    as if alone.
 
-    The masks a learner acts on: the env's valid actions when it is evaluated, under
-    the masked protocol, and for CS-UCB (whose constraint filter they are); else, under
-    the paper protocol, every action but those refused in the state the agent is still
-    in. A refused action changes nothing, so the agent knows a retry fails: it learns
-    validity from the penalties without ever repeating a refusal.
+    The masks a learner acts on: the env's valid actions when it is evaluated, or when
+    its config says it acts on them (``LearnerConfig.masked``: the masked protocol, and
+    CS-UCB, whose constraint filter they are); else, under the paper protocol, every
+    action but those refused in the state the agent is still in. A refused action
+    changes nothing, so the agent knows a retry fails: it learns validity from the
+    penalties without ever repeating a refusal.
     """
     for env, seed, inst in zip(envs, seeds, instances or [None] * len(envs), strict=True):
         env.reset(seed=seed, options={"instance": inst} if inst else None)
     agents, actions = len(envs[0].possible_agents), envs[0].layout.actions
-    told = not explore or getattr(learner.config, "mask", True)
+    told = not explore or learner.config.masked
     refused = np.zeros((len(envs), agents, actions), bool)
     active = np.stack([env.acting() for env in envs])
     state = np.stack([env.state() for env in envs])
@@ -161,7 +197,7 @@ def run_episodes(
             next_state[e] = env.state()
             next_masks[e] = allowed(env, next_active[e], refused[e], told)
             if explore:
-                learner.observe(
+                diagnostics = learner.observe(
                     Transition(
                         state=state[e],
                         actions=chosen[e],
@@ -176,6 +212,8 @@ def run_episodes(
                         env=e,
                     )
                 )
+                if diagnostics and updates is not None:
+                    updates.append((e, diagnostics))
         state, active, masks = next_state, next_active, next_masks
     return [env.summary() for env in envs]
 
@@ -187,31 +225,31 @@ def allowed(env: OffloadEnv, active: np.ndarray, refused: np.ndarray, told: bool
     return (ok & active[:, None]).astype(np.int8)
 
 
-def new_learner(algo: str, config: Any, env: OffloadEnv, seed: int) -> Learner:
-    """A fresh learner whose every draw flows from ``seed``.
+def new_learner(algo: str, config: LearnerConfig, env: OffloadEnv, seed: int) -> Learner | Planner:
+    """A fresh learner (a ``Planner`` where its config declares one) whose every draw flows
+    from ``seed``: its initial weights drawn in ``numerics.seeded(seed)``, the rest from
+    a generator seeded ``seed``.
 
     The networks are tiny, so one CPU thread is fastest: more threads only
     spin and wait (measured 0.5 ms vs 35 ms per actor call on a busy 2-core box).
     """
-    check_init(getattr(config, "init", "none"))
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    return LEARNERS[algo].build(env.layout, len(env.possible_agents), config, rng)
+    with seeded(seed):
+        return LEARNERS[algo].build(env.layout, len(env.possible_agents), config, rng)
 
 
-def is_planner(learner: Learner) -> bool:
+def is_planner(learner: Learner | Planner) -> TypeIs[Planner]:
     """A centralised planner (gnn-sched) schedules a whole instance at once (``plan``)
-    and trains on instances (``train_on``), not on the multi-agent env's steps."""
-    return hasattr(learner, "plan")
+    and trains on instances (``train_on``), not on the multi-agent env's steps: its
+    config declares it (``LearnerConfig.planner``)."""
+    return learner.config.planner
 
 
-def warm_start(learner: Any, env: OffloadEnv, demos: list[Demo]) -> float:
-    """Behaviour cloning before RL (``init="bc"``): a planner on its own view, the
-    paper's learners per agent; returns the agreement with the expert on its states."""
-    if is_planner(learner):
-        return learner.imitate(demos)
-    return clone_actors(learner.actors, agent_states(env, demos), learner.config, learner.generator)
+def imitates(learner: Learner) -> TypeIs[Imitator]:
+    """Whether the learner can clone the expert: its config is warm-startable
+    (``Imitation``), and such a learner offers ``imitate`` (``Imitator``)."""
+    return isinstance(learner.config, Imitation)
 
 
 def expert_seeds(scenario: Scenario, seed: int, decisions: int) -> list[int]:
@@ -259,19 +297,30 @@ def train(
     ``group`` schedules per training instance), after behaviour cloning of the expert
     if ``init="bc"`` (its CP-SAT schedules solved on ``workers`` processes), and write
     the run directory (``reward_curve.png`` if ``plot``; an earlier run's there is
-    cleared only if ``force``); returns the CSV rows."""
+    cleared only if ``force``); returns the episodes' rows."""
     check_failure_prob(failure_prob)
     envs = [OffloadEnv(scenario, failure_prob=failure_prob) for _ in range(lockstep)]
     learner = new_learner(algo, config, envs[0], seed)
     run_directory(out, force)
     began = time.perf_counter()
-    clock: dict[str, float] = {}
-    if getattr(config, "init", "none") == "bc":
-        seeds = expert_seeds(scenario, seed, config.expert_decisions)
-        demos = demonstrations(scenario, seeds, config.expert_time_limit_s, workers, progress)
-        clock["expert_s"] = time.perf_counter() - began
-        clock["bc_agreement"] = warm_start(learner, envs[0], demos)
-        clock["bc_s"] = time.perf_counter() - began - clock["expert_s"]
+    clock = warm_start(learner, envs[0], seed, workers, progress)
+    board = tensorboard(out)
+    bar = tqdm(total=episodes, desc=f"train {algo}", unit="ep", disable=not progress)
+    rows: list[dict[str, float]] = []
+    updates: list[dict[str, float]] = []
+    if is_planner(learner):
+        blocks = planner_blocks(learner, scenario, episodes, seed)
+    else:
+        blocks = learner_blocks(learner, envs, episodes, seed)
+    for played, updated in blocks:
+        rows += played
+        updates += updated
+        log_scalars(board, played, updated)
+        bar.update(len(played))
+    bar.close()
+    if board:
+        board.close()
+    clock["train_s"] = time.perf_counter() - began
     meta = {
         "algo": algo,
         "seed": seed,
@@ -281,35 +330,7 @@ def train(
         "config": asdict(config),
         "scenario": scenario.model_dump(mode="json"),
     }
-    board = tensorboard(out)
-    rows = []
-    bar = tqdm(total=episodes, desc=f"train {algo}", unit="ep", disable=not progress)
-    step = config.group if is_planner(learner) else lockstep
-    for u, first in enumerate(range(0, episodes, step)):
-        block = range(first, min(first + step, episodes))
-        learner.progress = first / episodes
-        if is_planner(learner):  # training instance u, ``group`` schedules sampled on it
-            rng = np.random.default_rng(episode_seed(seed, TRAIN, u))
-            instance = sample_instance(scenario, rng)
-            sampled = learner.train_on(instance)[: len(block)]
-            played = [schedule_row(instance, schedule) for schedule in sampled]
-        else:
-            seeds = [episode_seed(seed, TRAIN, e) for e in block]
-            played = run_episodes(envs[: len(block)], learner, seeds, True)
-        for e, summary in zip(block, played, strict=True):
-            rows.append({"episode": e, **summary})
-            if board:
-                for key in ("reward", "objective", "latency", "cost", "undone"):
-                    board.add_scalar(f"episode/{key}", summary[key], e)
-        bar.update(len(block))
-    bar.close()
-    if board:
-        board.close()
-    clock["train_s"] = time.perf_counter() - began
-    write_text_atomic(out / "config.json", json.dumps({**meta, **clock}, indent=1) + "\n")
-    write_csv(out / "episodes.csv", rows)
-    with replacing(out / "checkpoint.pt") as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **meta, "learner": learner.state_dict()}, tmp)
+    write_run(out, meta, clock, rows, updates, learner)
     if plot:
         from llmoffload.experiments.plots import (
             reward_curve,  # matplotlib only when writing figures
@@ -317,6 +338,109 @@ def train(
 
         reward_curve({algo: [r["reward"] for r in rows]}, out / "reward_curve.png")
     return rows
+
+
+Block = tuple[list[dict[str, float]], list[dict[str, float]]]  # (episodes' rows, updates' rows)
+
+
+def warm_start(
+    learner: Learner | Planner, env: OffloadEnv, seed: int, workers: int, progress: bool
+) -> dict[str, float]:
+    """Behaviour cloning before RL where the config asks for it (``init="bc"``): the
+    expert's CP-SAT schedules of the first training instances (solved on ``workers``
+    processes, cached), cloned by a planner on its own view, by the paper's learners per
+    agent, a bar over the epochs if ``progress``. Returns the seconds each part took and
+    the agreement with the expert on its states after (nothing without a warm start)."""
+    warm = learner.config.warm_start
+    if warm is None:
+        return {}
+    began = time.perf_counter()
+    seeds = expert_seeds(env.scenario, seed, warm.expert_decisions)
+    demos = demonstrations(env.scenario, seeds, warm.expert_time_limit_s, workers, progress)
+    expert_s = time.perf_counter() - began
+    if is_planner(learner):
+        agreement = learner.imitate(demos, progress)
+    elif imitates(learner):
+        agreement = learner.imitate(demos, env, progress)
+    else:
+        raise OffloadError(f"{type(learner).__name__}: init=bc, but it cannot clone the expert")
+    return {
+        "expert_s": expert_s,
+        "bc_agreement": agreement,
+        "bc_s": time.perf_counter() - began - expert_s,
+    }
+
+
+def learner_blocks(
+    learner: Learner, envs: list[OffloadEnv], episodes: int, seed: int
+) -> Iterator[Block]:
+    """Training episodes ``len(envs)`` at a time (episode e on instance seed
+    ``(seed, TRAIN, e)``): each block's rows and its updates' rows."""
+    step = len(envs)
+    for first in range(0, episodes, step):
+        block = range(first, min(first + step, episodes))
+        learner.progress = first / episodes
+        seeds = [episode_seed(seed, TRAIN, e) for e in block]
+        updated: list[tuple[int, Diagnostics]] = []
+        played = run_episodes(envs[: len(block)], learner, seeds, True, updates=updated)
+        rows = [{"episode": e, **summary} for e, summary in zip(block, played, strict=True)]
+        yield rows, [{"episode": block[e], **d} for e, d in updated]
+
+
+def planner_blocks(
+    learner: Planner, scenario: Scenario, episodes: int, seed: int
+) -> Iterator[Block]:
+    """A planner's training: on training instance u (seed ``(seed, TRAIN, u)``) it samples
+    schedules (gnn-sched: ``group`` of them), an episode each, and updates once."""
+    first = 0
+    for u in itertools.count():
+        if first >= episodes:
+            return
+        learner.progress = first / episodes
+        instance = sample_instance(scenario, np.random.default_rng(episode_seed(seed, TRAIN, u)))
+        sampled, diagnostics = learner.train_on(instance)
+        block = range(first, min(first + len(sampled), episodes))
+        rows = [
+            {"episode": e, **schedule_row(instance, schedule)}
+            for e, schedule in zip(block, sampled[: len(block)], strict=True)
+        ]
+        yield rows, [{"episode": first, **diagnostics}]
+        first = block.stop
+
+
+def log_scalars(board: Any, rows: list[dict[str, float]], updates: list[dict[str, float]]) -> None:
+    """The episodes' scalars under ``episode/`` and the updates' under ``update/``, each
+    against its episode (no-op without TensorBoard)."""
+    if not board:
+        return
+    for row in rows:
+        for key in ("reward", "objective", "latency", "cost", "undone"):
+            board.add_scalar(f"episode/{key}", row[key], row["episode"])
+    for row in updates:
+        for key, value in row.items():
+            if key != "episode":
+                board.add_scalar(f"update/{key}", value, row["episode"])
+
+
+def write_run(
+    out: Path,
+    meta: dict[str, Any],
+    clock: dict[str, float],
+    rows: list[dict[str, float]],
+    updates: list[dict[str, float]],
+    learner: Learner | Planner,
+) -> None:
+    """The run directory's record: ``config.json`` (the settings and timings),
+    ``episodes.csv``, ``updates.csv`` (header only where the learner made no update) and
+    the checkpoint."""
+    write_text_atomic(out / "config.json", json.dumps({**meta, **clock}, indent=1) + "\n")
+    write_csv(out / "episodes.csv", rows)
+    if updates:
+        write_csv(out / "updates.csv", updates)
+    else:
+        write_text_atomic(out / "updates.csv", "episode\n")
+    with replacing(out / "checkpoint.pt") as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **meta, "learner": learner.state_dict()}, tmp)
 
 
 def run_directory(out: Path, force: bool) -> None:
@@ -351,7 +475,7 @@ def tensorboard(out: Path) -> Any:
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def load_run(run: Path) -> tuple[dict[str, Any], Any, OffloadEnv]:
+def load_run(run: Path) -> tuple[dict[str, Any], Learner | Planner, OffloadEnv]:
     """The run's metadata, its learner restored from the checkpoint, and its env.
 
     A damaged or foreign checkpoint is one OffloadError naming it; one holding

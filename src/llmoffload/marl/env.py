@@ -31,8 +31,10 @@ from llmoffload.model.execution import Execution, Run, Schedule
 from llmoffload.model.instance import Instance, Subtask, sample_instance
 from llmoffload.model.scenario import Scenario
 
-Array = TypeVar("Array")  # a numpy array or a torch tensor
+Array = TypeVar("Array", bound=Any)  # a numpy array or a torch tensor (no common type)
 VIOLATIONS = ("repeat", "precedence", "modality", "failure", "deadline")
+# breaches of an action on no pending subtask (padding or done): all counted as a repeat
+VOID = ("no-subtask", "no-server", "repeat")
 
 
 def lateness(instance: Instance, run: Run) -> float:
@@ -165,7 +167,6 @@ class OffloadEnv(ParallelEnv):
         )
         self._edges = np.array([s.kind == "edge" for s in sc.servers])
         self._modality = {m: k for k, m in enumerate(sc.modalities)}
-        self._serves_modality = self._static_servers[:, 2:].T > 0  # (M, S)
 
     def observation_space(self, agent: str) -> spaces.Space:
         return self._observation_space
@@ -256,19 +257,17 @@ class OffloadEnv(ParallelEnv):
 
     def _apply(self, i: int, j: int, k: int) -> tuple[float, dict]:
         """Reward of agent i dispatching subtask j to server k (docs/model.md §4); the
-        dispatch is executed if valid."""
+        dispatch is executed if valid. The execution model says which constraints it
+        breaks; the env adds only the down edge and the penalty v per breach (eta1 per
+        waiting predecessor, eta2)."""
         sc, ex = self.scenario, self.ex
         v = sc.reward.penalty
-        task = self.instance.tasks[i]
-        if j >= len(task.subtasks) or ex.placed[i][j] >= 0:
+        breaches = ex.breaches(i, j, k)
+        if breaches and breaches[0].kind in VOID:
             return self._refuse("repeat", v)
-        waiting = sum(ex.placed[i][p] < 0 for p in task.subtasks[j].preds)
-        penalty = v * waiting  # eta1
-        kinds = ["precedence"] if waiting else []
-        if not ex.tables.supports(i, j, k):
-            penalty += v  # eta2
-            kinds.append("modality")
-        elif self.down[k]:
+        kinds = [b.kind for b in breaches]
+        penalty = sum(v * b.times for b in breaches)
+        if self.down[k] and "modality" not in kinds:
             penalty += v  # a down edge cannot serve the subtask now
             kinds.append("failure")
         if kinds:
@@ -295,8 +294,8 @@ class OffloadEnv(ParallelEnv):
 
     def _statics(self) -> None:
         """The episode's constant parts for all agents at once: each agent's observation
-        with its dynamic entries (dispatched flags, queue delays, up flags) still zero,
-        the DAGs' arcs, real (non-padding) nodes, and which servers serve each node."""
+        with its dynamic entries (dispatched flags, queue delays, up flags) still zero
+        (the DAGs' arcs and real nodes among its constant entries)."""
         n, tasks = self.layout, self.instance.tasks
         subs = [(i, j, sub) for i, task in enumerate(tasks) for j, sub in enumerate(task.subtasks)]
         i, j, m = np.array([(i, j, self._modality[sub.modality]) for i, j, sub in subs]).T
@@ -312,11 +311,7 @@ class OffloadEnv(ParallelEnv):
             for t, k, sub in subs
         ]
         adj[tuple(np.array(arcs, int).reshape(-1, 3).T)] = 1.0
-        self._preds = adj > 0  # [i, p, j]: p -> j in task i
-        self._real = nodes[..., 0] > 0
-        self._serves = np.zeros((len(tasks), n.subtasks, n.servers), bool)
-        self._serves[i, j] = self._serves_modality[m]
-        self._dispatched = np.zeros(self._real.shape, bool)  # set by _apply, the one dispatcher
+        self._dispatched = np.zeros((len(tasks), n.subtasks), bool)  # set by _apply alone
         self._arrival = np.array(self.ex.tables.arrival)
 
     def _work(self, task: int, subtask: int, sub: Subtask) -> float:
@@ -353,10 +348,11 @@ class OffloadEnv(ParallelEnv):
         return obs
 
     def _build_masks(self) -> np.ndarray:
-        waiting = (self._preds & ~self._dispatched[:, :, None]).any(1)
-        ready = self._real & ~self._dispatched & ~waiting
-        mask = ready[..., None] & self._serves & ~self.down
-        return mask.astype(np.int8).reshape(len(mask), -1)
+        """The execution model's valid dispatches on servers that are up, padded to J."""
+        valid = self.ex.valid()
+        mask = np.zeros((len(valid), self.layout.subtasks, self.layout.servers), np.int8)
+        mask[:, : valid.shape[1]] = valid & ~self.down
+        return mask.reshape(len(mask), -1)
 
     def observe(self, agent: str) -> dict[str, np.ndarray]:
         return self._observation(self._index[agent])

@@ -10,38 +10,17 @@ the expert's next choice for its own task in every state of the expert's replay.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from llmoffload.errors import OffloadError
 from llmoffload.marl.env import OffloadEnv
-from llmoffload.marl.nets import Actors, adam
-from llmoffload.marl.ranges import Count, Positive
-from llmoffload.model.execution import Dispatch
-from llmoffload.model.instance import Instance
-
-INITS = ("none", "bc")
-Demo = tuple[Instance, list[Dispatch]]
-
-
-@dataclass
-class Imitation:
-    """The warm-start settings every learner that can clone the expert shares."""
-
-    init: str = "none"  # "bc": clone the expert before RL
-    # choice: the expert solves training instances until their subtasks (its dispatch
-    # decisions) add up to this: ~130 instances of 5 tasks, ~33 of 20 tasks
-    expert_decisions: Count = 3000
-    expert_time_limit_s: Positive = 2.0  # choice: CP-SAT's limit per expert instance
-    bc_epochs: Count = 60  # choice: passes over the expert's states
-    bc_lr: Positive = 3e-3  # choice: Adam's step while cloning (measured, docs/gnn_sched.md)
-
-
-def check_init(init: str) -> None:
-    if init not in INITS:
-        raise OffloadError(f"init={init}: choose from {', '.join(INITS)}")
+from llmoffload.marl.learner import Demo, Imitation
+from llmoffload.marl.nets import Actors
+from llmoffload.marl.numerics import adam, descend
 
 
 def agent_states(env: OffloadEnv, demos: list[Demo]) -> tuple[np.ndarray, ...]:
@@ -82,22 +61,44 @@ def clone_actors(
     config: Imitation,
     generator: torch.Generator,
     batch: int = 64,
+    progress: bool = False,
 ) -> float:
     """Behaviour cloning of the per-agent actors: cross-entropy of the expert's action
-    under each agent's masked policy; returns the agreement (argmax = expert) after."""
+    under each agent's masked policy, unclipped Adam steps; returns the agreement
+    (argmax = expert) after. ``progress`` shows a bar over the epochs."""
     obs, masks, labels = (torch.as_tensor(x) for x in states)
     labels = labels.long()
     acting = labels >= 0
     opt = adam(actors.parameters(), lr=config.bc_lr)
-    for _ in range(config.bc_epochs):
+    for _ in tqdm(range(config.bc_epochs), desc="clone expert", unit="epoch", disable=not progress):
         for rows in torch.randperm(len(obs), generator=generator).split(batch):
             logp = actors.log_pi(obs[rows], masks[rows])
             taken = logp.gather(-1, labels[rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
             live = acting[rows]
             loss = -(taken * live).sum() / live.sum().clamp(min=1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            descend(opt, loss, None)
     with torch.no_grad():
         logp = actors.log_pi(obs, masks).masked_fill(masks == 0, -torch.inf)
         return float((logp.argmax(-1) == labels)[acting].float().mean())
+
+
+class PerAgentActors(Protocol):
+    """What ``ClonesActors.imitate`` reads of its learner."""
+
+    actors: Actors
+    generator: torch.Generator
+
+    @property
+    def config(self) -> Imitation: ...
+
+
+class ClonesActors:
+    """The warm start of a learner of per-agent actors (UCB-COMA, COMA, MAPPO): its
+    ``imitate``, which makes it a ``learner.Imitator``."""
+
+    def imitate(
+        self: PerAgentActors, demos: list[Demo], env: OffloadEnv, progress: bool = False
+    ) -> float:
+        """Behaviour cloning of every agent's actor on the expert's replayed choices."""
+        states = agent_states(env, demos)
+        return clone_actors(self.actors, states, self.config, self.generator, progress=progress)

@@ -11,7 +11,7 @@ nonsense run) after the run directory was started.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from llmoffload.errors import OffloadError
@@ -51,9 +51,12 @@ Tally = Annotated[int, Range(0)]  # counts that may be zero
 
 
 def settings_of(cls: type) -> dict[str, tuple[type, Range | None]]:
-    """Each field of a config dataclass: its plain type and its range, if it has one."""
+    """Each field of a config dataclass: its plain type and its range, if it has one (its
+    class's declarations, ``ClassVar``s, are no settings)."""
+    hints = get_type_hints(cls, include_extras=True)
     out: dict[str, tuple[type, Range | None]] = {}
-    for name, hint in get_type_hints(cls, include_extras=True).items():
+    for name in (f.name for f in fields(cls)):
+        hint = hints[name]
         kind, *extra = get_args(hint) if get_origin(hint) is Annotated else (hint,)
         out[name] = (kind, next((x for x in extra if isinstance(x, Range)), None))
     return out

@@ -1,7 +1,9 @@
-"""The learners by name: what ``--algo`` chooses from.
+"""The learners by name: what ``--algo`` chooses from, one line each.
 
-Each follows ``learner.Learner``; its config dataclass holds its paper's
-defaults. The classic schedulers are in ``schedulers.registry.SCHEDULERS``.
+Each follows ``learner.Learner`` or, where its config declares ``planner``,
+``learner.Planner``; its config dataclass holds its paper's defaults and declares
+its capabilities (``learner.LearnerConfig``). The classic schedulers are in
+``schedulers.registry.SCHEDULERS``.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from llmoffload.marl.algorithms.maddpg import Maddpg, MaddpgConfig
 from llmoffload.marl.algorithms.mappo import Mappo, MappoConfig
 from llmoffload.marl.algorithms.random_policy import RandomConfig, RandomPolicy
 from llmoffload.marl.env import Layout
-from llmoffload.marl.learner import Learner
+from llmoffload.marl.learner import Learner, LearnerConfig, Planner
 
 
 @dataclass(frozen=True)
 class Learned:
     """A learner: its config class, the settings that set it apart, its constructor."""
 
-    config: type
-    build: Callable[[Layout, int, Any, np.random.Generator], Learner]
+    config: type[LearnerConfig]
+    build: Callable[[Layout, int, Any, np.random.Generator], Learner | Planner]
     defaults: dict[str, Any] = field(default_factory=dict)
 
 

@@ -12,9 +12,12 @@ ask "when would this finish?" before committing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy as np
 
 from llmoffload.errors import OffloadError
 from llmoffload.model.instance import Instance, Subtask
@@ -31,6 +34,15 @@ class Dispatch(NamedTuple):
 
 class InvalidDispatch(OffloadError):
     """A dispatch that breaks precedence, modality, or repeats a subtask."""
+
+
+class Breach(NamedTuple):
+    """One constraint a dispatch breaks, ``times`` times: precedence once per waiting
+    predecessor. Kinds: ``no-subtask``, ``no-server``, ``repeat`` (the dispatch names no
+    pending subtask and server), ``precedence``, ``modality``."""
+
+    kind: str
+    times: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +86,13 @@ class Schedule:
         return sum(t.slack < 0 for t in self.tasks)
 
 
-Table = list[list[float | None]]  # per subtask and server; None where it cannot run
+Table = list[list[float]]  # per subtask and server; infinite where it cannot run
 
 
 def per_server(amounts: list[float], factors: list[float], serves: list[list[bool]]) -> Table:
-    """amount * factor[s] for every subtask and server, None where s cannot serve it."""
+    """amount * factor[s] for every subtask and server, infinite where s cannot serve it."""
     return [
-        [amount * f if ok else None for f, ok in zip(factors, row, strict=True)]
+        [amount * f if ok else math.inf for f, ok in zip(factors, row, strict=True)]
         for amount, row in zip(amounts, serves, strict=True)
     ]
 
@@ -93,13 +105,19 @@ def work_tables(
     tokens``, the server's call, prefill and decode time, at its price per GHz-second."""
     if sc.compute == "tokens":
         seconds = [
-            [token_seconds(s, sub) if ok else None for s, ok in zip(sc.servers, row, strict=True)]
+            [
+                token_seconds(s, sub) if ok else math.inf
+                for s, ok in zip(sc.servers, row, strict=True)
+            ]
             for sub, row in zip(subtasks, serves, strict=True)
         ]
         usd_per_second = [s.ghz * s.usd_per_ghz for s in sc.servers]
         cost = [
-            [None if t is None else t * f for t, f in zip(row, usd_per_second, strict=True)]
-            for row in seconds
+            [
+                t * f if ok else math.inf
+                for t, f, ok in zip(row, usd_per_second, ok_row, strict=True)
+            ]
+            for row, ok_row in zip(seconds, serves, strict=True)
         ]
         return seconds, cost
     cycles = [sub.cycles for sub in subtasks]
@@ -111,8 +129,9 @@ def work_tables(
 def token_seconds(server: Server, sub: Subtask) -> float:
     """One LLM call's time: the server's overhead, prefill and decode (ms) over the
     subtask's prompt and output tokens."""
-    ms = server.call_ms + server.prefill_ms_per_token * sub.prompt_tokens
-    return (ms + server.decode_ms_per_token * sub.output_tokens) / 1000
+    call_ms, prefill_ms, decode_ms = server.token_timings()
+    prompt, output = sub.token_counts()
+    return (call_ms + prefill_ms * prompt + decode_ms * output) / 1000
 
 
 class Tables:
@@ -134,6 +153,8 @@ class Tables:
         self.sec_per_bit_ec = 1.0 / (sc.network.edge_cloud_mbps * 1e6)
         serving = {m: [m in s.modalities for s in sc.servers] for m in sc.modalities}
         self.preds: list[list[list[int]]] = []
+        self.succs: list[list[list[int]]] = []
+        self.serves: list[list[list[bool]]] = []  # [task][subtask][server]: runs its modality
         self.out_bits: list[list[float]] = []
         self.upload: list[Table] = []
         self.compute: list[Table] = []
@@ -145,17 +166,31 @@ class Tables:
             self.uplink_bps.append(up)
 
             self.preds.append([sub.preds for sub in task.subtasks])
+            self.succs.append([[] for _ in task.subtasks])
+            for j, sub in enumerate(task.subtasks):
+                for p in sub.preds:  # once per listing, as ``waiting`` counts them
+                    self.succs[-1][p].append(j)
             self.out_bits.append([sub.output_bits for sub in task.subtasks])
             bits = [sub.input_bits for sub in task.subtasks]
             serves = [serving[sub.modality] for sub in task.subtasks]
+            self.serves.append(serves)
             self.upload.append(per_server(bits, [1 / r for r in up], serves))
             compute, cost = work_tables(sc, task.subtasks, serves)
             self.compute.append(compute)
             self.cost.append(cost)
             self.downlink.append([task.subtasks[-1].output_bits / down[s] for s in self.servers])
+        # ``serves`` and "has no predecessor" as arrays padded with False to the longest
+        # task: where Execution.valid starts from
+        shape = (len(self.preds), max(map(len, self.preds), default=0))
+        self.serves_array = np.zeros((*shape, len(self.servers)), bool)
+        self.sources = np.zeros(shape, bool)
+        for i, preds in enumerate(self.preds):
+            self.serves_array[i, : len(preds)] = self.serves[i]
+            self.sources[i, : len(preds)] = [not p for p in preds]
 
     def supports(self, task: int, subtask: int, server: int) -> bool:
-        return self.upload[task][subtask][server] is not None
+        """Whether the server runs the subtask's modality."""
+        return self.serves[task][subtask][server]
 
     def transfer(self, task: int, pred: int, src: int, dst: int) -> float:
         """Time to move a predecessor's output from server ``src`` to ``dst``."""
@@ -168,7 +203,10 @@ class Tables:
 
 
 class Execution:
-    """The system's state as subtasks are dispatched one by one."""
+    """The system's state as subtasks are dispatched one by one, and the one statement of
+    which dispatches are valid (``breaches``, ``violation``, ``valid``): the environment's
+    masks and penalties and the schedulers ask it; only validate.py re-derives the rules,
+    on purpose, to check it."""
 
     def __init__(self, instance: Instance | Tables) -> None:
         self.tables = instance if isinstance(instance, Tables) else Tables(instance)
@@ -177,6 +215,9 @@ class Execution:
         self.start = [[0.0] * n for n in sizes]
         self.end = [[0.0] * n for n in sizes]
         self.left = list(sizes)
+        # each subtask's undispatched predecessors, and which pending subtasks have none
+        self.waiting = [[len(p) for p in preds] for preds in self.tables.preds]
+        self.ready = self.tables.sources.copy()
         # when each slot of each limited server frees up, and the first of them per server
         self.slot_free = [list(times) for times in self.tables.busy]
         self.free = [min(times, default=0.0) for times in self.slot_free]
@@ -186,21 +227,43 @@ class Execution:
     def done(self) -> bool:
         return not any(self.left)
 
-    def violation(self, task: int, subtask: int, server: int) -> str | None:
-        """Why this dispatch is not allowed now, or None if it is."""
+    def breaches(self, task: int, subtask: int, server: int) -> list[Breach]:
+        """Every constraint this dispatch would break now; empty if it is valid. One that
+        names no pending subtask and server breaks only that."""
         t = self.tables
         if not (0 <= task < len(t.preds) and 0 <= subtask < len(t.preds[task])):
-            return f"no subtask {subtask} in task {task}"
+            return [Breach("no-subtask")]
         if server not in t.servers:
-            return f"no server {server}"
+            return [Breach("no-server")]
         if self.placed[task][subtask] >= 0:
-            return f"task {task} subtask {subtask} was already dispatched"
-        waiting = [p for p in t.preds[task][subtask] if self.placed[task][p] < 0]
-        if waiting:
-            return f"task {task} subtask {subtask} waits for predecessors {waiting}"
+            return [Breach("repeat")]
+        waiting = self.waiting[task][subtask]
+        found = [Breach("precedence", waiting)] if waiting else []
         if not t.supports(task, subtask, server):
-            return f"server {server} cannot serve the modality of task {task} subtask {subtask}"
-        return None
+            found.append(Breach("modality"))
+        return found
+
+    def violation(self, task: int, subtask: int, server: int) -> str | None:
+        """Why this dispatch is not allowed now (its first breach), or None if it is."""
+        found = self.breaches(task, subtask, server)
+        if not found:
+            return None
+        match found[0].kind:
+            case "no-subtask":
+                return f"no subtask {subtask} in task {task}"
+            case "no-server":
+                return f"no server {server}"
+            case "repeat":
+                return f"task {task} subtask {subtask} was already dispatched"
+            case "precedence":
+                waiting = [p for p in self.tables.preds[task][subtask] if self.placed[task][p] < 0]
+                return f"task {task} subtask {subtask} waits for predecessors {waiting}"
+        return f"server {server} cannot serve the modality of task {task} subtask {subtask}"
+
+    def valid(self) -> np.ndarray:
+        """(task, subtask, server) -> True where a dispatch breaks nothing now (``breaches``
+        is empty), padded with False to the longest task: what masks and schedulers read."""
+        return self.ready[..., None] & self.tables.serves_array
 
     def ready_time(self, task: int, subtask: int, server: int) -> float:
         """WT: when every predecessor's output has reached ``server``, and not before
@@ -235,6 +298,11 @@ class Execution:
             slots[slots.index(min(slots))] = end
             self.free[server] = min(slots)
         self.placed[task][subtask] = server
+        self.ready[task, subtask] = False
+        waiting = self.waiting[task]
+        for succ in t.succs[task][subtask]:
+            waiting[succ] -= 1
+            self.ready[task, succ] = not waiting[succ]
         self.start[task][subtask] = start
         self.end[task][subtask] = end
         self.left[task] -= 1

@@ -88,7 +88,7 @@ def figure(
     """
     sc = instance.scenario
     n_tasks = len(instance.tasks)
-    done = done or [None] * n_tasks
+    ends: list[float | None] = done or [None] * n_tasks
     palette = colormaps["tab10" if n_tasks <= 10 else "tab20"]
     colour = [palette(i % palette.N) for i in range(n_tasks)]
 
@@ -105,11 +105,11 @@ def figure(
     first = first_starts(n_tasks, runs)
     origin = [0.0 if sc.latency == "arrival" else f for f in first]
     deadline = [None if o is None else o + sc.t_max_s for o in origin]
-    known_done = [d for d in done if d is not None]
+    known_done = [d for d in ends if d is not None]
     right = max([*known_done, *(r.end for r in runs)], default=1.0) * 1.03
 
     fig = Figure(figsize=(13, 1.6 + 0.45 * total), layout="constrained")
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_xlim(0, right)
     ax.set_ylim(total, 0)
@@ -148,7 +148,7 @@ def figure(
     for top in band_top[1:]:
         ax.axhline(top, color="0.6", linewidth=0.8)
 
-    for c, finish, due in zip(colour, done, deadline, strict=True):
+    for c, finish, due in zip(colour, ends, deadline, strict=True):
         if finish is not None:
             ax.axvline(finish, color=c, linestyle="--", linewidth=1.2)
         if due is not None and due <= right:
@@ -185,8 +185,8 @@ def figure(
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
 
     # Keep a name only where it fits inside its bar, measured after the layout.
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    canvas.draw()
+    renderer = canvas.get_renderer()
     for text, run in labels:
         x0, x1 = ax.transData.transform([(run.start, 0), (run.end, 0)])[:, 0]
         if text.get_window_extent(renderer).width > x1 - x0 - 2:
@@ -221,5 +221,6 @@ def gantt_rgb(instance: Instance, runs: list[Run], title: str | None = None) -> 
         ex.dispatch(run.task, run.subtask, run.server)
     results = [None if left else ex.task_result(i) for i, left in enumerate(ex.left)]
     fig = figure(instance, runs, finish_times(instance, runs, results), title)
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    canvas = FigureCanvasAgg(fig)  # attach a typed Agg canvas; it draws the same pixels
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -42,6 +42,14 @@ class Subtask(Model):
     prompt_tokens: Count | None = optional()
     output_tokens: Count | None = optional()
 
+    def token_counts(self) -> tuple[int, int]:
+        """(prompt, output) tokens, which a ``compute: tokens`` instance gives every subtask
+        (checked on load): refused in one line where they are missing."""
+        prompt, output = self.prompt_tokens, self.output_tokens
+        if prompt is None or output is None:
+            raise OffloadError(f"subtask '{self.name}' has no prompt_tokens and output_tokens")
+        return prompt, output
+
 
 class Task(Model):
     """One request's DAG; subtasks are in topological order, the last aggregates."""
@@ -171,7 +179,7 @@ def sample_task(scenario: Scenario, workflow: str, rng: np.random.Generator) -> 
             input_bits=bits[2 * j],
             output_bits=bits[2 * j + 1],
             cycles=load.cycles_per_bit * bits[2 * j],
-            preds=preds,
+            preds=list(preds),
         )
         for j, (name, modality, preds) in enumerate(nodes)
     ]
@@ -209,7 +217,7 @@ def with_tokens(tasks: list[Task], sizes: dict[str, Sizes], rng: np.random.Gener
         (r.low, r.high)
         for task in tasks
         for sub in task.subtasks
-        for r in (sizes[sub.modality].prompt_tokens, sizes[sub.modality].output_tokens)
+        for r in sizes[sub.modality].token_ranges()
     ]
     low, high = np.array(ranges).T
     counts = iter(rng.integers(low, high, endpoint=True).tolist())

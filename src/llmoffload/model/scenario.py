@@ -13,10 +13,11 @@ from functools import cache
 from graphlib import CycleError, TopologicalSorter
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Self
 
 from llmoffload.errors import OffloadError
 from llmoffload.model.network import dbm_to_watt, path_loss_gain, shannon_bps
@@ -63,11 +64,14 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Range(Model):
-    """A closed interval [low, high] that values are drawn from uniformly."""
+N = TypeVar("N", int, float)
 
-    low: Positive
-    high: Positive
+
+class Interval(Model, Generic[N]):
+    """[low, high] of numbers of type N, low <= high; a pair [low, high] reads as one."""
+
+    low: N
+    high: N
 
     @model_validator(mode="before")
     @classmethod
@@ -77,17 +81,18 @@ class Range(Model):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> Range:
+    def _ordered(self) -> Self:
         if self.low > self.high:
             raise ValueError(f"range [{self.low}, {self.high}] has low > high")
         return self
 
 
-class TokenRange(Range):
-    """A closed interval of token counts, drawn from uniformly as integers."""
+class Range(Interval[Positive]):
+    """A closed interval [low, high] that values are drawn from uniformly."""
 
-    low: Count
-    high: Count
+
+class TokenRange(Interval[Count]):
+    """A closed interval of token counts, drawn from uniformly as integers."""
 
 
 class Server(Model):
@@ -120,6 +125,14 @@ class Server(Model):
         if isinstance(value, dict) and value.get("kind") == "edge" and "slots" not in value:
             return {**value, "slots": 1}
         return value
+
+    def token_timings(self) -> tuple[float, float, float]:
+        """(call_ms, prefill_ms_per_token, decode_ms_per_token), which a ``compute: tokens``
+        scenario gives every server (checked on load): refused in one line where missing."""
+        call, prefill, decode = self.call_ms, self.prefill_ms_per_token, self.decode_ms_per_token
+        if call is None or prefill is None or decode is None:
+            raise OffloadError(f"server '{self.name}' has no {', '.join(TIMINGS)}")
+        return call, prefill, decode
 
     @model_validator(mode="after")
     def _finite_edge(self) -> Server:
@@ -181,6 +194,14 @@ class Sizes(Model):
     output_kbit: Range
     prompt_tokens: TokenRange | None = optional()
     output_tokens: TokenRange | None = optional()
+
+    def token_ranges(self) -> tuple[TokenRange, TokenRange]:
+        """(prompt, output) token ranges, which a ``compute: tokens`` scenario gives every
+        modality (checked on load): refused in one line where they are missing."""
+        prompt, output = self.prompt_tokens, self.output_tokens
+        if prompt is None or output is None:
+            raise OffloadError(f"compute 'tokens' needs {' and '.join(TOKEN_RANGES)} in sizes")
+        return prompt, output
 
 
 class Workflow(Model):
@@ -373,7 +394,19 @@ class Scenario(Model):
         return self
 
 
-BUILTIN = ("paper", "dear-cloud", "slow-uplink", "contended", "tokens")
+FOLDER = resources.files("llmoffload.model.scenarios")  # the built-in scenarios' files
+
+
+def builtin() -> tuple[str, ...]:
+    """The built-in scenarios' names: every ``NAME.yaml`` in FOLDER, ``paper`` first and
+    the rest in alphabetical order, so a file dropped there is loadable by name."""
+    names = sorted(
+        f.name.removesuffix(".yaml") for f in FOLDER.iterdir() if f.name.endswith(".yaml")
+    )
+    return tuple(sorted(names, key=lambda name: name != "paper"))
+
+
+BUILTIN = builtin()
 REWARD_FORMS = get_args(Reward.model_fields["form"].annotation)
 
 
@@ -409,13 +442,15 @@ def load_scenario(spec: str | Path, _seen: tuple[str, ...] = ()) -> Scenario:
     relative to the file): it then gives only what differs, mappings merged key by
     key, lists and values replaced whole.
     """
-    if str(spec) in BUILTIN:
-        text = resources.files("llmoffload.model.scenarios").joinpath(f"{spec}.yaml").read_text()
+    if str(spec) in builtin():
+        text = FOLDER.joinpath(f"{spec}.yaml").read_text()
         source = f"built-in scenario '{spec}'"
     else:
         path = Path(spec)
         if not path.is_file():
-            raise OffloadError(f"scenario file not found: {path} (built-in: {', '.join(BUILTIN)})")
+            raise OffloadError(
+                f"scenario file not found: {path} (built-in: {', '.join(builtin())})"
+            )
         source = str(path)
         try:
             text = path.read_text()
@@ -431,7 +466,7 @@ def load_scenario(spec: str | Path, _seen: tuple[str, ...] = ()) -> Scenario:
     if isinstance(data, dict) and "base" in data:
         data = dict(data)
         base = str(data.pop("base"))
-        base = base if base in BUILTIN else str(Path(spec).parent / base)
+        base = base if base in builtin() else str(Path(spec).parent / base)
         seen = (*_seen, identity(spec))
         if identity(base) in seen:
             raise OffloadError(f"{source}: base '{base}' leads back to itself")
@@ -441,7 +476,7 @@ def load_scenario(spec: str | Path, _seen: tuple[str, ...] = ()) -> Scenario:
 
 def identity(spec: str | Path) -> str:
     """A built-in's name, or a file's resolved path: what a chain of bases may not repeat."""
-    return str(spec) if str(spec) in BUILTIN else str(Path(spec).resolve())
+    return str(spec) if str(spec) in builtin() else str(Path(spec).resolve())
 
 
 def merged(base: dict, over: dict) -> dict:

@@ -22,11 +22,9 @@ def work(sc: Scenario, sub: Subtask, server: Server) -> tuple[float, float]:
     (docs/model.md §3): cycles over the clock, or the call's overhead, prefill and decode
     in ms with ``compute: tokens``; the price is per 10^9 cycles, or per GHz-second."""
     if sc.compute == "tokens":
-        ms = (
-            server.call_ms
-            + sub.prompt_tokens * server.prefill_ms_per_token
-            + sub.output_tokens * server.decode_ms_per_token
-        )
+        call_ms, prefill_ms, decode_ms = server.token_timings()
+        prompt, output = sub.token_counts()
+        ms = call_ms + prompt * prefill_ms + output * decode_ms
         return ms / 1000, ms / 1000 * server.ghz * server.usd_per_ghz
     return sub.cycles / (server.ghz * 1e9), sub.cycles / 1e9 * server.usd_per_ghz
 

@@ -200,7 +200,10 @@ def step_errors(batch: Batch, scenario: Scenario) -> list[tuple[str, float]]:
 def measured_tokens(scenario: Scenario, step: Step) -> dict[str, int | None]:
     """A step's token fields as it really ran (none under cycles)."""
     counts = token_counts(scenario, step.prompt_tokens, step.completion_tokens)
-    return counts or {"prompt_tokens": None, "output_tokens": None}
+    return {
+        "prompt_tokens": counts.get("prompt_tokens"),
+        "output_tokens": counts.get("output_tokens"),
+    }
 
 
 def clock_ghz(samples: list[Sample], uploads: list[float], cycles_per_bit: float) -> float:

@@ -4,8 +4,9 @@ A deployment binds every server of a scenario (built-in name, or a YAML path rel
 the deployment file) to an OpenAI-compatible endpoint. The scenario the policy plans with
 is the deployment's view of it: each server's modalities and price as the endpoint offers
 them (a subset of the scenario's; the cloud must still serve every modality). An endpoint
-serving a modality with an image or audio in it is sent them as chat content parts, so it
-must speak the chat API.
+serving a modality with an image or audio in it is sent them along with the prompt, so
+it must speak an ``api`` that carries them (chat). The file is read as scenario files
+are: a key given twice is an error.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from llmoffload.errors import OffloadError
 from llmoffload.model.scenario import (
@@ -24,13 +26,16 @@ from llmoffload.model.scenario import (
     NonNegative,
     Positive,
     Scenario,
+    UniqueKeyLoader,
     load_scenario,
     one_line,
     parse_scenario,
 )
+from llmoffload.runtime.apis import APIS, Api
 from llmoffload.runtime.media import ACCEPTED, kinds
 
-DEFAULT_TEMPLATES = {
+Stage = Literal["analysis", "subtask", "aggregation"]  # the prompt template a subtask uses
+DEFAULT_TEMPLATES: dict[Stage, str] = {
     "analysis": "Plan the steps for this request.\nRequest: {request}\n",
     "subtask": "Do the {modality} step '{node}' of this request.\n"
     "Request: {request}\nEarlier results:\n{context}\n",
@@ -45,7 +50,7 @@ class Endpoint(Model):
 
     base_url: str
     model: str = Field(min_length=1)
-    api: Literal["chat", "completions"] = "chat"
+    api: str = "chat"  # a kind of runtime.apis.APIS
     modalities: Annotated[list[str], Field(min_length=1)] | None = None  # default: the server's
     usd_per_ghz: NonNegative | None = None  # default: the scenario server's price
     timeout_s: Positive = 30.0
@@ -64,6 +69,21 @@ class Endpoint(Model):
             raise ValueError(f"'{url}' is not an http(s) URL with a host")
         return url.rstrip("/")
 
+    @field_validator("api")
+    @classmethod
+    def _kind(cls, api: str) -> str:
+        if api not in APIS:  # worded as pydantic words a Literal's error
+            expected = " or ".join(f"'{k}'" for k in APIS)
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
+        return api
+
+    @property
+    def kind(self) -> Api:
+        """The protocol this endpoint speaks."""
+        return APIS[self.api]
+
 
 class Deployment(Model):
     """Endpoints for every server, generation settings, and the per-stage prompts."""
@@ -74,7 +94,7 @@ class Deployment(Model):
     # a longer prompt is refused before any call: endpoints burn CPU on what they must read
     max_prompt_tokens: Annotated[int, Field(gt=0)] = 4096
     temperature: NonNegative = 0.0
-    templates: dict[Literal["analysis", "subtask", "aggregation"], str] = dict(DEFAULT_TEMPLATES)
+    templates: dict[Stage, str] = dict(DEFAULT_TEMPLATES)
 
     @field_validator("templates", mode="before")
     @classmethod
@@ -84,7 +104,7 @@ class Deployment(Model):
 
     @field_validator("templates")
     @classmethod
-    def _placeholders(cls, templates: dict[str, str]) -> dict[str, str]:
+    def _placeholders(cls, templates: dict[Stage, str]) -> dict[Stage, str]:
         for stage, text in templates.items():
             try:
                 text.format(**dict.fromkeys(FIELDS, ""))
@@ -144,10 +164,11 @@ def bind(deployment: Deployment, base: Scenario, source: str) -> Bound:
                 f"scenario's server does not serve ({', '.join(server.modalities)})"
             )
         media = [m for m in modalities if set(kinds(m)) & set(ACCEPTED)]
-        if media and ep.api != "chat":
+        if media and not ep.kind.media:
+            carriers = " or ".join(k for k, api in APIS.items() if api.media)
             raise OffloadError(
                 f"{source}: endpoint '{server.name}' serves modality '{media[0]}', which needs "
-                f"api: chat (a completions prompt carries no image or audio)"
+                f"api: {carriers} (a {ep.api} prompt carries no image or audio)"
             )
         price = server.usd_per_ghz if ep.usd_per_ghz is None else ep.usd_per_ghz
         servers.append(server.model_dump() | {"modalities": modalities, "usd_per_ghz": price})
@@ -161,7 +182,7 @@ def load_deployment(path: str | Path) -> Bound:
     if not path.is_file():
         raise OffloadError(f"deployment file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         problem = getattr(exc, "problem", None) or "unreadable"
         raise OffloadError(f"{path}: not valid YAML: {problem}") from None

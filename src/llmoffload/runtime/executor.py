@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import httpx
 import numpy as np
@@ -32,7 +33,8 @@ from llmoffload.experiments.policies import resolve_policy
 from llmoffload.model.execution import Dispatch, Execution, Schedule
 from llmoffload.model.instance import Instance, Subtask, Task
 from llmoffload.model.scenario import Model, Scenario
-from llmoffload.runtime.deployment import Bound, Deployment, Endpoint
+from llmoffload.runtime.apis import Reply
+from llmoffload.runtime.deployment import Bound, Deployment, Endpoint, Stage
 from llmoffload.runtime.ledger import Booking, Ledger
 from llmoffload.runtime.media import Audio, Image, Media, kinds, takes
 
@@ -67,17 +69,6 @@ class TooLong(OffloadError):
 
 class EndpointError(Exception):
     """An endpoint refused, timed out, or answered something that is not a completion."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A completion, its token counts, and the server's own prefill and decode milliseconds
-    when it reports them (llama.cpp's ``timings``; other servers: None)."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    timings_ms: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +154,7 @@ def planner(
     return plan
 
 
-def stage(has_preds: bool, is_last: bool) -> str:
+def stage(has_preds: bool, is_last: bool) -> Stage:
     """Which prompt template a subtask uses: the DAG's source, sink, or a middle node."""
     if not has_preds:
         return "analysis"
@@ -256,7 +247,14 @@ def ready_times(instance: Instance, order: list[Dispatch]) -> dict[tuple[int, in
     return ready
 
 
-def token_counts(scenario: Scenario, prompt: int, output: int) -> dict[str, int]:
+class TokenCounts(TypedDict, total=False):
+    """A subtask's token fields, as ``Subtask`` takes them."""
+
+    prompt_tokens: int
+    output_tokens: int
+
+
+def token_counts(scenario: Scenario, prompt: int, output: int) -> TokenCounts:
     """A subtask's token fields: given under ``compute: tokens``, absent under cycles."""
     if scenario.compute != "tokens":
         return {}
@@ -276,22 +274,18 @@ async def complete(
     media: Sequence[Media] = (),
 ) -> Reply:
     """One completion from one endpoint (at most ``max_tokens`` tokens, default the
-    deployment's); any failure becomes an EndpointError. ``media`` go as content parts
-    before the prompt: a chat endpoint's (``bind`` lets only those serve image or audio)."""
-    body: dict[str, object] = {
+    deployment's) in its kind's protocol; any failure becomes an EndpointError. ``media``
+    go along with the prompt (``bind`` lets only kinds that carry them serve image or
+    audio)."""
+    api = ep.kind
+    body = {
         "model": ep.model,
         "max_tokens": max_tokens or dep.max_tokens,
         "temperature": dep.temperature,
+        **api.request(prompt, media),
     }
-    if ep.api == "chat":
-        text = {"type": "text", "text": prompt}
-        content = [*(m.part() for m in media), text] if media else prompt
-        body["messages"] = [{"role": "user", "content": content}]
-    else:
-        body["prompt"] = prompt
-    url = f"{ep.base_url}/v1/{'chat/completions' if ep.api == 'chat' else 'completions'}"
     try:
-        resp = await client.post(url, json=body, timeout=ep.timeout_s)
+        resp = await client.post(ep.base_url + api.path, json=body, timeout=ep.timeout_s)
     except httpx.TimeoutException:
         raise EndpointError(f"timed out after {ep.timeout_s:g} s") from None
     except httpx.HTTPError as exc:
@@ -299,19 +293,7 @@ async def complete(
     if resp.status_code != 200:
         raise EndpointError(f"HTTP {resp.status_code}: {' '.join(resp.text.split())[:120]}")
     try:
-        data = resp.json()
-        choice = data["choices"][0]
-        text = choice["message"]["content"] if ep.api == "chat" else choice["text"]
-        usage = data.get("usage") or {}
-        timings = data.get("timings")
-        if not isinstance(text, str):
-            raise TypeError
-        return Reply(
-            text,
-            int(usage.get("prompt_tokens", 0)),
-            int(usage.get("completion_tokens", 0)),
-            (float(timings["prompt_ms"]), float(timings["predicted_ms"])) if timings else None,
-        )
+        return api.parse(resp.json())
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise EndpointError(f"not a completion: {' '.join(resp.text.split())[:120]}") from None
 

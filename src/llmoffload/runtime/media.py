@@ -17,7 +17,7 @@ import io
 import math
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -128,10 +128,10 @@ def decode_media(kind: Kind, text: str) -> Media:
     return checked(kind, data)
 
 
-def payload(kind: Kind) -> Any:
-    """The type of a request's ``image`` or ``audio`` field: Media inside, base64 in JSON,
-    the bytes of a form's file (a refused payload is a validation error with the reason,
-    a 422 from the service, whichever way it came)."""
+def payload(kind: Kind) -> Callable[[object], Media]:
+    """The validator of a request's ``image`` or ``audio`` field: Media inside, base64 in
+    JSON, the bytes of a form's file (a refused payload is a validation error with the
+    reason, a 422 from the service, whichever way it came)."""
 
     def parse(value: object) -> Media:
         if isinstance(value, Media) and value.kind == kind:
@@ -143,12 +143,18 @@ def payload(kind: Kind) -> Any:
         except OffloadError as exc:
             raise ValueError(str(exc)) from None
 
-    schema = {"type": "string", "contentEncoding": "base64", "description": ACCEPTED[kind]}
-    return Annotated[Media, PlainValidator(parse), WithJsonSchema(schema)]
+    return parse
 
 
-Image = payload("image")
-Audio = payload("audio")
+def schema(kind: Kind) -> WithJsonSchema:
+    """The field's JSON schema: a base64 string of an accepted type."""
+    return WithJsonSchema(
+        {"type": "string", "contentEncoding": "base64", "description": ACCEPTED[kind]}
+    )
+
+
+Image = Annotated[Media, PlainValidator(payload("image")), schema("image")]
+Audio = Annotated[Media, PlainValidator(payload("audio")), schema("audio")]
 
 
 def kinds(modality: str) -> list[str]:

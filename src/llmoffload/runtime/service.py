@@ -79,9 +79,10 @@ class BodyLimit:
 
 
 async def probe(client: httpx.AsyncClient, ep: Endpoint) -> str | None:
-    """Why the endpoint is unreachable (no 200 to GET /v1/models in PROBE_S), or None."""
+    """Why the endpoint is unreachable (no 200 to GET its kind's health path in PROBE_S),
+    or None."""
     try:
-        resp = await client.get(f"{ep.base_url}/v1/models", timeout=PROBE_S)
+        resp = await client.get(ep.base_url + ep.kind.health_path, timeout=PROBE_S)
     except httpx.TimeoutException:
         return f"no answer in {PROBE_S:g} s"
     except httpx.HTTPError as exc:
@@ -160,7 +161,7 @@ def create_app(
         media = [("image", image), ("audio", audio)]
         files = {kind: await file.read() for kind, file in media if file is not None}
         try:  # the JSON route's Request, its payload checks and its 422 for either route
-            request = Request(workflow=workflow, text=text, **files)
+            request = Request.model_validate({"workflow": workflow, "text": text, **files})
         except ValidationError as exc:
             errors = [
                 e | {"loc": ("body", *e["loc"]), "input": None}  # no file's bytes sent back

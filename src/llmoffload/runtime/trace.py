@@ -6,7 +6,7 @@ Shared by ``llmoffload run`` (table, JSON, Gantt) and the HTTP service (JSON).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from llmoffload.display import table
 from llmoffload.model.execution import Run
@@ -84,6 +84,7 @@ def draw_real_vs_predicted(batch: Batch, path: str | Path) -> None:
     """Two Gantt charts, predicted above real, in one image (.png, .pdf or .svg)."""
     import numpy as np  # matplotlib only when a chart is asked for
     from matplotlib import image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from llmoffload.files import replacing
     from llmoffload.model.gantt import figure
@@ -92,7 +93,8 @@ def draw_real_vs_predicted(batch: Batch, path: str | Path) -> None:
         figure(batch.instance, batch.schedule.runs, title="predicted by the execution model"),
         figure(batch.instance, real_runs(batch), title="real (failed calls included)"),
     ]
-    pixels = [np.asarray(f.canvas.buffer_rgba()) for f in charts]
+    # figure() gives each its Agg canvas, drawn
+    pixels = [np.asarray(cast(FigureCanvasAgg, f.canvas).buffer_rgba()) for f in charts]
     width = max(p.shape[1] for p in pixels)
     padded = [
         np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in pixels

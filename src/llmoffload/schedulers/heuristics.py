@@ -18,16 +18,8 @@ Scheduler = Callable[[Instance, np.random.Generator], list[Dispatch]]
 
 
 def valid_dispatches(ex: Execution) -> list[Dispatch]:
-    """Every (task, subtask, server) the execution model accepts now."""
-    t = ex.tables
-    return [
-        Dispatch(i, j, s)
-        for i, preds in enumerate(t.preds)
-        for j, pj in enumerate(preds)
-        if ex.placed[i][j] < 0 and all(ex.placed[i][p] >= 0 for p in pj)
-        for s in t.servers
-        if t.supports(i, j, s)
-    ]
+    """Every (task, subtask, server) the execution model accepts now, in index order."""
+    return [Dispatch(*d) for d in np.argwhere(ex.valid()).tolist()]
 
 
 def random_valid(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
@@ -66,18 +58,14 @@ def upward_ranks(tables: Tables) -> list[list[float]]:
     since the result must return to the device.
     """
     ranks = []
-    for i, preds in enumerate(tables.preds):
-        where = [[s for s in tables.servers if tables.supports(i, j, s)] for j in range(len(preds))]
+    for i, succs in enumerate(tables.succs):
+        where = [[s for s in tables.servers if tables.supports(i, j, s)] for j in range(len(succs))]
         mean_dur = [
             fmean(tables.upload[i][j][s] + tables.compute[i][j][s] for s in where[j])
-            for j in range(len(preds))
+            for j in range(len(succs))
         ]
-        succs: list[list[int]] = [[] for _ in preds]
-        for j, pj in enumerate(preds):
-            for p in pj:
-                succs[p].append(j)
-        rank = [0.0] * len(preds)
-        last = len(preds) - 1
+        rank = [0.0] * len(succs)
+        last = len(succs) - 1
         rank[last] = mean_dur[last] + fmean(tables.downlink[i][s] for s in where[last])
         for j in reversed(range(last)):
             rank[j] = mean_dur[j] + max(

@@ -95,7 +95,10 @@ def relaxed_bound(t: Tables) -> float:
                 for s in where
             )
             finish.append(max((finish[p] for p in pj), default=0.0) + fastest)
-        cheapest = sum(min(c for c in row if c is not None) for row in t.cost[i])
+        cheapest = sum(
+            min(c for s, c in enumerate(row) if t.supports(i, j, s))
+            for j, row in enumerate(t.cost[i])
+        )
         total += t.gamma * max(finish) + (1.0 - t.gamma) * cheapest
     return total
 
@@ -136,7 +139,7 @@ def solve(
     end = {k: m.new_int_var(0, horizon, f"en{k}") for k in subtasks}
     prev = {k: m.new_int_var(0, horizon, f"prev{k}") for k in subtasks}
 
-    def on(i: int, j: int, s: int) -> cp_model.LinearExprT:
+    def on(i: int, j: int, s: int) -> cp_model.IntVar | int:
         return x.get((i, j, s), 0)
 
     for i, j in subtasks:
@@ -166,9 +169,9 @@ def solve(
     anc = [ancestors(preds) for preds in t.preds]
     for s in t.servers:
         here = [k for k in subtasks if s in where[k]]
-        if t.slots[s] is None or not here:
-            continue
         slots = t.slots[s]
+        if slots is None or not here:
+            continue
         lit = {(k, 0): x[(*k, s)] for k in here}
         if slots > 1:
             lit = {(k, q): m.new_bool_var(f"y{k}_{s}_{q}") for k in here for q in range(slots)}
@@ -232,13 +235,13 @@ def circuit(
     dur: dict,
     server: int,
     free: int,
-    anc: list[set[int]],
+    anc: list[list[set[int]]],
 ) -> None:
     """One slot's order: a circuit through a depot over the subtasks whose literal is
     true; each starts no earlier than the end of the one before it (``prev``), the first
     no earlier than the slot frees (``free``: work queued before t = 0)."""
     empty = m.new_bool_var("")
-    arcs = [(0, 0, empty)]
+    arcs: list[tuple[int, int, cp_model.BoolVarT]] = [(0, 0, empty)]
     intervals = []
     for a, ((i, j), here) in enumerate(members, start=1):
         m.add_implication(here, empty.Not())

@@ -33,16 +33,18 @@ import numpy as np
 import torch
 
 from llmoffload.errors import OffloadError
+from llmoffload.marl import numerics
 from llmoffload.marl.env import Layout
-from llmoffload.marl.imitation import Imitation
-from llmoffload.marl.learner import Transition, load_parts, save_parts
-from llmoffload.marl.nets import Actors, Critic, ValueNorm, adam, best_valid, descend, sample
+from llmoffload.marl.imitation import ClonesActors
+from llmoffload.marl.learner import Imitation, ProtocolMask, Transition, load_parts, save_parts
+from llmoffload.marl.nets import Actors, Critic, ValueNorm
+from llmoffload.marl.numerics import adam, best_valid, descend, entropy, sample
 from llmoffload.marl.ranges import Count, NonNegative, Positive, Unit
 from llmoffload.marl.replay import ReplayBuffer
 
 
 @dataclass
-class ComaConfig(Imitation):
+class ComaConfig(Imitation, ProtocolMask):
     """Hyperparameters; the paper's where it gives them (Table 2, §4.2), else marked."""
 
     ucb: bool = True  # UCB action selection (UCB-COMA); False samples from pi (COMA)
@@ -82,16 +84,16 @@ PARTS = (
 )
 
 
-class Coma:
-    """A learner: ``act`` each step, ``observe`` each transition; it updates itself."""
+class Coma(ClonesActors):
+    """UCB-COMA or COMA: ``act`` each step, ``observe`` each transition; it updates itself."""
 
     def __init__(
         self, layout: Layout, agents: int, config: ComaConfig, rng: np.random.Generator
     ) -> None:
         if config.select not in SELECTIONS:
             raise OffloadError(f"select={config.select}: choose from {', '.join(SELECTIONS)}")
-        self.layout, self.agents, self.config, self.rng = layout, agents, config, rng
-        self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self.layout, self.agents, self.config = layout, agents, config
+        self.generator = numerics.generator(rng)
         self.actors = Actors(layout, agents, config.hidden)
         self.critic = Critic(layout, agents, config.hidden)
         self.target = Critic(layout, agents, config.hidden)
@@ -146,7 +148,7 @@ class Coma:
 
     # -- learning --------------------------------------------------------------
 
-    def observe(self, t: Transition) -> None:
+    def observe(self, t: Transition) -> numerics.Diagnostics:
         """Store (S, A, R, S') with R the team reward; update every ``update_every`` steps."""
         self.buffer.add(t)
         self.steps += 1
@@ -154,10 +156,13 @@ class Coma:
             self.steps % self.config.update_every == 0
             and len(self.buffer) >= self.config.batch_size
         ):
-            self.update()
+            return self.update()
+        return {}
 
-    def update(self) -> None:
-        """Algorithm 1 lines 9-13 on one batch: the critic, the actors, maybe the target."""
+    def update(self) -> numerics.Diagnostics:
+        """Algorithm 1 lines 9-13 on one batch: the critic, the actors, maybe the target.
+        Returns the critic's and the actors' losses, the policy's entropy (mean over the
+        acting agents) and the share of the targets' variance the critic explained."""
         c = self.config
         b = self.buffer.sample(c.batch_size)
         n, size = self.agents, self.layout.size
@@ -191,14 +196,23 @@ class Coma:
         pi = logp.exp()
         q = q.detach()
         advantage = q - (pi.detach() * q).sum(-1, keepdim=True)
-        entropy = -(pi * logp).sum(-1)
+        h = entropy(pi, logp)
         expected = (pi * advantage).sum(-1)
-        actor_loss = -((expected + c.entropy * entropy) * active).sum() / active.sum()
+        actor_loss = -((expected + c.entropy * h) * active).sum() / active.sum()
         descend(self.actor_opt, actor_loss, c.grad_clip)
 
         self.updates += 1
         if self.updates % c.target_every == 0:
             self.target.load_state_dict(self.critic.state_dict())
+        acting = active > 0
+        return {
+            "critic_loss": critic_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "entropy": (h.detach() * active).sum().item() / active.sum().item(),
+            "explained_variance": numerics.explained_variance(
+                q_taken.detach()[acting], y.unsqueeze(-1).expand_as(q_taken)[acting]
+            ),
+        }
 
     # -- checkpoints -----------------------------------------------------------
 

@@ -51,12 +51,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from llmoffload.marl.env import Layout
-from llmoffload.marl.learner import Transition, load_parts, save_parts
+from llmoffload.marl.learner import LearnerConfig, Transition, load_parts, save_parts
+from llmoffload.marl.numerics import Diagnostics
 from llmoffload.marl.ranges import NonNegative
 
 
 @dataclass
-class CsUcbConfig:
+class CsUcbConfig(LearnerConfig):
     """PerLLM's exploration weight delta; its value there is not known to us, so a choice."""
 
     delta: NonNegative = 2.0**0.5  # choice: UCB1's sqrt(2 ln t / L) (Auer et al. 2002)
@@ -108,13 +109,15 @@ class CsUcb:
         scores = np.where(masks > 0, self.scores(self.arms(obs), explore), -np.inf)
         return np.where(active, scores.argmax(-1), -1)  # argmax: lowest index on ties
 
-    def observe(self, t: Transition) -> None:
-        """Update the running mean and pull count of every acting agent's arm."""
+    def observe(self, t: Transition) -> Diagnostics:
+        """Update the running mean and pull count of every acting agent's arm (a table,
+        no update with a loss to report)."""
         arms = self.arms(t.state.reshape(self.agents, -1))
         for i in np.flatnonzero(t.active):
             arm = arms[i, t.actions[i]]
             self.pulls[arm] += 1
             self.means[arm] += (t.rewards[i] - self.means[arm]) / self.pulls[arm]
+        return {}
 
     def state_dict(self) -> dict:
         return {"config": asdict(self.config), **save_parts(self, PARTS)}

@@ -35,16 +35,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from llmoffload.marl.env import Layout
 from llmoffload.marl.graph import PAIR_FEATURES, GraphView, node_features, server_features
-from llmoffload.marl.imitation import Demo, Imitation
-from llmoffload.marl.learner import load_parts, save_parts
-from llmoffload.marl.nets import adam
+from llmoffload.marl.learner import Demo, Imitation, load_parts, save_parts
+from llmoffload.marl.numerics import (
+    Diagnostics,
+    adam,
+    clipped_surrogate,
+    descend,
+    entropy,
+    generator,
+    ppo_diagnostics,
+    sample,
+)
 from llmoffload.marl.ranges import Count, NonNegative, Positive, Tally, Unit
 from llmoffload.model.execution import Dispatch, Schedule
 from llmoffload.model.instance import Instance
@@ -53,6 +63,8 @@ from llmoffload.model.instance import Instance
 @dataclass
 class GnnSchedConfig(Imitation):
     """Hyperparameters, every one a choice (no paper gives them for this setting)."""
+
+    planner: ClassVar[bool] = True
 
     init: str = "bc"  # starts from the expert; "none" is PPO from scratch
     hidden: Count = 64  # embedding width
@@ -144,7 +156,7 @@ class GnnSched:
         self, layout: Layout, agents: int, config: GnnSchedConfig, rng: np.random.Generator
     ) -> None:
         self.config, self.rng = config, rng
-        self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self.generator = generator(rng)
         self.net = GraphPolicy(layout.modalities, config.hidden, config.layers)
         self.opt = adam(self.net.parameters(), lr=config.lr)
         self.progress = 0.0
@@ -168,15 +180,14 @@ class GnnSched:
     @torch.no_grad()
     def rollout(
         self, views: list[GraphView], draws: torch.Generator, greedy: bool = False
-    ) -> Iterator[tuple[torch.Tensor, ...]]:
+    ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]]:
         """Build the views' schedules at once, one dispatch each a step, every pair drawn
         from pi (the first view's the argmax if ``greedy``); yields each step's (state,
         choices, their log-probabilities)."""
         while not views[0].done:  # every view dispatches one subtask a step
             state = tensors(views)
             logp = self.log_pi(views[0].arcs, state)
-            q = torch.empty_like(logp).exponential_(generator=draws)
-            choice = (logp.exp() / q).argmax(-1)  # one draw per row from pi
+            choice = sample(logp, draws)  # one draw per row from pi
             if greedy:
                 choice[0] = logp[0].argmax()
             for view, a in zip(views, choice.tolist(), strict=True):
@@ -185,27 +196,29 @@ class GnnSched:
 
     # -- behaviour cloning -------------------------------------------------------
 
-    def imitate(self, demos: list[Demo]) -> float:
+    def imitate(self, demos: list[Demo], progress: bool = False) -> float:
         """Clone the expert: every state of every replayed demonstration, its pair as the
-        label. Returns the agreement (greedy pair = expert's) on those states after."""
+        label, unclipped Adam steps. Returns the agreement (greedy pair = expert's) on
+        those states after. ``progress`` shows a bar over the epochs."""
         replays = [replay(instance, order) for instance, order in demos]
         opt = adam(self.net.parameters(), lr=self.config.bc_lr)
-        for _ in range(self.config.bc_epochs):
+        epochs = range(self.config.bc_epochs)
+        for _ in tqdm(epochs, desc="clone expert", unit="epoch", disable=not progress):
             for k in torch.randperm(len(replays), generator=self.generator).tolist():
                 arcs, state, labels = replays[k]
                 logp = self.log_pi(arcs, state)
                 loss = -logp.gather(-1, labels.unsqueeze(-1)).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                descend(opt, loss, None)
         with torch.no_grad():
             hits = [(self.log_pi(a, s).argmax(-1) == y).float() for a, s, y in replays]
         return float(torch.cat(hits).mean())
 
     # -- PPO fine-tuning ---------------------------------------------------------
 
-    def train_on(self, instance: Instance) -> list[Schedule]:
-        """One PPO update from ``group`` schedules sampled on ``instance``; returns them."""
+    def train_on(self, instance: Instance) -> tuple[list[Schedule], Diagnostics]:
+        """One PPO update from ``group`` schedules sampled on ``instance``; returns them and
+        the update's diagnostics: the epochs' mean loss, entropy, approximate KL and clip
+        fraction."""
         c = self.config
         views = [GraphView(instance) for _ in range(c.group)]
         states, actions, old = zip(*self.rollout(views, self.generator), strict=True)
@@ -215,17 +228,19 @@ class GnnSched:
         batch = [torch.cat(part) for part in zip(*states, strict=True)]
         taken, old_logp = torch.cat(actions), torch.cat(old)
         adv = advantage.repeat(len(states))  # states are stacked step after step
+        logs: list[Diagnostics] = []
         for _ in range(c.epochs):
             logp = self.log_pi(views[0].arcs, tuple(batch))
-            ratio = (logp.gather(-1, taken.unsqueeze(-1)).squeeze(-1) - old_logp).exp()
-            surrogate = torch.min(ratio * adv, ratio.clamp(1 - c.clip, 1 + c.clip) * adv)
-            entropy = -(logp.exp() * logp.clamp(min=-1e9)).sum(-1)
-            loss = -(surrogate + c.entropy * entropy).mean()
-            self.opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
-            self.opt.step()
-        return schedules
+            taken_logp = logp.gather(-1, taken.unsqueeze(-1)).squeeze(-1)
+            surrogate = clipped_surrogate(taken_logp, old_logp, adv, c.clip)
+            h = entropy(logp.exp(), logp.clamp(min=-1e9))  # a masked pair's -1e10 floored
+            loss = -(surrogate + c.entropy * h).mean()
+            descend(self.opt, loss, c.grad_clip)
+            logs.append(
+                {"loss": loss.item(), "entropy": h.detach().mean().item()}
+                | ppo_diagnostics(taken_logp, old_logp, c.clip)
+            )
+        return schedules, {key: float(np.mean([log[key] for log in logs])) for key in logs[0]}
 
     # -- checkpoints -----------------------------------------------------------
 

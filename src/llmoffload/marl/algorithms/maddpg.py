@@ -33,8 +33,17 @@ import torch
 from torch import nn
 
 from llmoffload.marl.env import Layout
-from llmoffload.marl.learner import Transition, load_parts, save_parts
-from llmoffload.marl.nets import Actors, adam, best_valid, descend
+from llmoffload.marl.learner import ProtocolMask, Transition, load_parts, save_parts
+from llmoffload.marl.nets import Actors
+from llmoffload.marl.numerics import (
+    Diagnostics,
+    adam,
+    best_valid,
+    descend,
+    entropy,
+    generator,
+    masked_one_hot,
+)
 from llmoffload.marl.ranges import Count, NonNegative, Positive, Unit
 from llmoffload.marl.replay import ReplayBuffer
 
@@ -83,13 +92,8 @@ class JointCritic(nn.Module):
         return self.rest(self.state_in(state).unsqueeze(1) + row).squeeze(-1)
 
 
-def one_hot(actions: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, I) actions, -1 for inactive agents -> (B, I, A) one-hot, zero rows for them."""
-    return nn.functional.one_hot(actions.clamp(min=0), size).float() * (actions >= 0).unsqueeze(-1)
-
-
 @dataclass
-class MaddpgConfig:
+class MaddpgConfig(ProtocolMask):
     """Hyperparameters: EPyMARL's ``maddpg.yaml`` where they carry over, else marked."""
 
     lr: Positive = 5e-4  # EPyMARL maddpg.yaml, actors and critic alike
@@ -125,13 +129,13 @@ PARTS = (
 
 
 class Maddpg:
-    """A learner: ``act`` each step, ``observe`` each transition; it updates itself."""
+    """MADDPG: ``act`` each step, ``observe`` each transition; it updates itself."""
 
     def __init__(
         self, layout: Layout, agents: int, config: MaddpgConfig, rng: np.random.Generator
     ) -> None:
         self.layout, self.agents, self.config = layout, agents, config
-        self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self.generator = generator(rng)
         self.actors = Actors(layout, agents, config.hidden)
         self.critic = JointCritic(layout, agents, config.hidden)
         self.target_actors = Actors(layout, agents, config.hidden)
@@ -163,16 +167,19 @@ class Maddpg:
 
     # -- learning --------------------------------------------------------------
 
-    def observe(self, t: Transition) -> None:
+    def observe(self, t: Transition) -> Diagnostics:
         """Store (x, a, r, x') with r the team reward; update every ``update_every`` steps."""
         self.buffer.add(t)
         self.steps += 1
         c = self.config
         if self.steps % c.update_every == 0 and len(self.buffer) >= c.batch_size:
-            self.update()
+            return self.update()
+        return {}
 
-    def update(self) -> None:
-        """One step of Algorithm 1's inner loop on a minibatch: critic, actors, targets."""
+    def update(self) -> Diagnostics:
+        """One step of Algorithm 1's inner loop on a minibatch: critic, actors, targets.
+        Returns the critic's and the actors' losses and the policies' entropy (mean
+        over the acting agents)."""
         c = self.config
         b = self.buffer.sample(c.batch_size)
         n, size, actions = self.agents, self.layout.size, self.layout.actions
@@ -182,20 +189,29 @@ class Maddpg:
             next_logits = self.target_actors.log_pi(
                 b["next_state"].view(-1, n, size), b["next_masks"]
             )
-            next_actions = one_hot(next_logits.argmax(-1), actions) * b["next_active"].unsqueeze(-1)
+            next_actions = masked_one_hot(next_logits.argmax(-1), actions) * b[
+                "next_active"
+            ].unsqueeze(-1)
             q_next = self.target_critic(b["next_state"], self.rows(next_actions))
             y = b["reward"].unsqueeze(-1) + c.gamma * (1.0 - b["terminal"].unsqueeze(-1)) * q_next
-        taken = self.rows(one_hot(b["actions"], actions))
+        taken = self.rows(masked_one_hot(b["actions"], actions))
         critic_loss = ((self.critic(b["state"], taken) - y) ** 2).mean()
         descend(self.critic_opt, critic_loss, c.grad_clip)
 
         # Actors: ascend Q_i through agent i's straight-through Gumbel-softmax action.
-        losses = self.actor_losses(b["state"], b["active"], b["masks"])
+        losses, logits = self.actor_losses(b["state"], b["active"], b["masks"])
         actor_loss = (losses * b["active"]).sum() / b["active"].sum()
         descend(self.actor_opt, actor_loss, c.grad_clip)
 
         self.updates += 1
         self.update_targets()
+        with torch.no_grad():
+            h = (entropy(logits.exp(), logits) * b["active"]).sum() / b["active"].sum()
+        return {
+            "critic_loss": critic_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "entropy": h.item(),
+        }
 
     def rows(self, actions: torch.Tensor) -> torch.Tensor:
         """(B, I, A) joint actions -> (B, I, I, A): every critic row sees the same ones."""
@@ -203,18 +219,19 @@ class Maddpg:
 
     def actor_losses(
         self, state: torch.Tensor, active: torch.Tensor, masks: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each agent's loss (B, I): -Q_i(x, a) with a_i a fresh straight-through sample
         of mu_i(o_i), the only action in row i that carries gradient (the others are
         detached samples, inactive agents' zero), plus ``reg`` x the mean squared
-        logit over agent i's allowed actions (EPyMARL zeroes the masked ones)."""
+        logit over agent i's allowed actions (EPyMARL zeroes the masked ones); and the
+        log-probabilities (B, I, A) it came from, for the update's diagnostics."""
         c = self.config
         logits = self.actors.log_pi(state.view(-1, self.agents, self.layout.size), masks)
         sampled = gumbel_softmax_hard(logits, self.generator, c.temperature)
         q = self.critic(state, own_action_only(sampled * active.unsqueeze(-1)))
         valid = (masks > 0) | (masks == 0).all(-1, keepdim=True)
         penalty = torch.where(valid, logits, 0.0).square().sum(-1) / valid.sum(-1)
-        return -q + c.reg * penalty
+        return -q + c.reg * penalty, logits
 
     def update_targets(self) -> None:
         """Soft update theta' <- tau theta + (1 - tau) theta' when ``target_update`` <= 1,

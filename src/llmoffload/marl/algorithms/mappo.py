@@ -29,20 +29,23 @@ its own reward instead.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from llmoffload.marl import numerics
 from llmoffload.marl.env import Layout
-from llmoffload.marl.imitation import Imitation
-from llmoffload.marl.learner import Transition, load_parts, save_parts
-from llmoffload.marl.nets import Actors, ValueNorm, adam, best_valid, descend, mlp, sample
+from llmoffload.marl.imitation import ClonesActors
+from llmoffload.marl.learner import Imitation, ProtocolMask, Transition, load_parts, save_parts
+from llmoffload.marl.nets import Actors, ValueNorm, mlp
+from llmoffload.marl.numerics import Diagnostics, adam, best_valid, clipped_surrogate, descend
 from llmoffload.marl.ranges import Count, NonNegative, Positive, Unit
 
 
 @dataclass
-class MappoConfig(Imitation):
+class MappoConfig(Imitation, ProtocolMask):
     """Hyperparameters: on-policy's defaults (``onpolicy/config.py``) unless marked."""
 
     lr: Positive = 5e-4  # on-policy --lr (actor)
@@ -118,14 +121,6 @@ def gae(
     return returns
 
 
-def clipped_surrogate(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor, clip: float
-) -> torch.Tensor:
-    """PPO's objective per sample: min(r A, clip(r, 1 - c, 1 + c) A), r = pi / pi_old."""
-    ratio = (logp - old_logp).exp()
-    return torch.min(ratio * advantage, ratio.clamp(1.0 - clip, 1.0 + clip) * advantage)
-
-
 def clipped_value_loss(
     values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, clip: float, delta: float
 ) -> torch.Tensor:
@@ -152,23 +147,22 @@ def masked_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 PARTS = ("actors", "critic", "value_norm", "actor_opt", "critic_opt", "steps", "updates")
 
 
-class Mappo:
-    """A learner: ``act`` each step, ``observe`` each transition; it updates itself."""
+class Mappo(ClonesActors):
+    """MAPPO: ``act`` each step, ``observe`` each transition; it updates on whole rollouts."""
 
     def __init__(
         self, layout: Layout, agents: int, config: MappoConfig, rng: np.random.Generator
     ) -> None:
-        self.layout, self.agents, self.config = layout, agents, config
-        self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        with torch.random.fork_rng(devices=[]):  # initial weights drawn from rng too
-            torch.manual_seed(int(rng.integers(2**62)))
+        self.agents, self.config = agents, config
+        self.generator = numerics.generator(rng)
+        with numerics.seeded(int(rng.integers(2**62))):  # initial weights drawn from rng too
             self.actors = Actors(layout, agents, config.hidden)
             self.critic = StateValue(agents * layout.size, agents, config.hidden)
         self.value_norm = ValueNorm()
         self.actor_opt = adam(self.actors.parameters(), lr=config.lr, eps=config.adam_eps)
         self.critic_opt = adam(self.critic.parameters(), lr=config.critic_lr, eps=config.adam_eps)
         # each lockstep episode's steps, in order: GAE runs along one episode at a time
-        self.rollouts: dict[int, list[dict[str, np.ndarray]]] = {}
+        self.rollouts: dict[int, list[dict[str, Any]]] = {}
         self.acted: tuple[np.ndarray, np.ndarray] | None = None  # (log pi(u), V) of the step
         self.steps = 0
         self.updates = 0
@@ -184,7 +178,7 @@ class Mappo:
         exploring; argmax of pi over the valid actions, learning nothing, when not."""
         logp = self.actors.log_pi(torch.as_tensor(obs), torch.as_tensor(masks))
         if explore:  # kept as (episodes, I): row e for lockstep episode e
-            choice = sample(logp, self.generator)
+            choice = numerics.sample(logp, self.generator)
             taken = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
             values = self.critic(torch.as_tensor(obs).flatten(-2))
             self.acted = (
@@ -197,7 +191,7 @@ class Mappo:
 
     # -- storing ---------------------------------------------------------------
 
-    def observe(self, t: Transition) -> None:
+    def observe(self, t: Transition) -> Diagnostics:
         """Add the step to the rollout; update once it is long enough and an episode ends."""
         if self.acted is None:
             raise RuntimeError("observe() needs the step's act(..., explore=True) first")
@@ -223,12 +217,15 @@ class Mappo:
         self.steps += 1
         closed = all(steps[-1]["end"] for steps in self.rollouts.values())
         if closed and sum(map(len, self.rollouts.values())) >= self.config.rollout_steps:
-            self.update()
+            return self.update()
+        return {}
 
     # -- learning --------------------------------------------------------------
 
-    def update(self) -> None:
-        """GAE on the rollout, then ``ppo_epoch`` passes of minibatch Adam steps; clear."""
+    def update(self) -> Diagnostics:
+        """GAE on the rollout, then ``ppo_epoch`` passes of minibatch Adam steps; clear.
+        Returns the minibatch steps' mean losses, entropy, approximate KL and clip
+        fraction, and the share of the returns' variance the values explained."""
         c = self.config
         rollout = [step for e in sorted(self.rollouts) for step in self.rollouts[e]]
         self.rollouts = {}
@@ -249,11 +246,12 @@ class Mappo:
 
         steps = len(actions)
         size = steps // c.num_mini_batch
+        logs: list[Diagnostics] = []
         for _ in range(c.ppo_epoch):
             order = torch.randperm(steps, generator=self.generator)
             for k in range(c.num_mini_batch):
                 rows = order[k * size : (k + 1) * size]
-                self.ppo_step(
+                step = self.ppo_step(
                     b["state"][rows],
                     b["masks"][rows],
                     actions[rows],
@@ -263,7 +261,10 @@ class Mappo:
                     b["value"][rows],
                     returns[rows],
                 )
+                logs.append(step)
         self.updates += 1
+        means = {key: float(np.mean([log[key] for log in logs])) for key in logs[0]}
+        return {**means, "explained_variance": numerics.explained_variance(values, returns)}
 
     def ppo_step(
         self,
@@ -275,12 +276,13 @@ class Mappo:
         advantage: torch.Tensor,
         old_values: torch.Tensor,
         returns: torch.Tensor,
-    ) -> None:
-        """One Adam step for the actors and one for the critic on a minibatch of steps."""
+    ) -> Diagnostics:
+        """One Adam step for the actors and one for the critic on a minibatch of steps;
+        returns their losses, the entropy, the approximate KL and the clip fraction."""
         c = self.config
-        logp, entropy = self.evaluate_actions(state, masks, actions)
+        logp, h = self.evaluate_actions(state, masks, actions)
         surrogate = clipped_surrogate(logp, old_logp, advantage, c.clip)
-        actor_loss = -masked_mean(surrogate, active) - c.entropy * masked_mean(entropy, active)
+        actor_loss = -masked_mean(surrogate, active) - c.entropy * masked_mean(h, active)
         descend(self.actor_opt, actor_loss, c.grad_clip)
 
         # The critic learns on every step, active or not: V(S, i) is defined (and
@@ -291,6 +293,14 @@ class Mappo:
             self.critic(state), old_values, targets, c.clip, c.huber_delta
         ).mean()
         descend(self.critic_opt, c.value_coef * value_loss, c.grad_clip)
+        with torch.no_grad():
+            h_mean = masked_mean(h, active).item()
+        return {
+            "actor_loss": actor_loss.item(),
+            "value_loss": value_loss.item(),
+            "entropy": h_mean,
+            **numerics.ppo_diagnostics(logp, old_logp, c.clip, active),
+        }
 
     def evaluate_actions(
         self, state: torch.Tensor, masks: torch.Tensor, actions: torch.Tensor
@@ -298,8 +308,8 @@ class Mappo:
         """log pi(u_i | o_i) of the taken actions and each agent's entropy, (B, I) each,
         under the same masking as acting."""
         logp = self.actors.log_pi(state.view(*actions.shape, -1), masks)
-        entropy = -(logp.exp() * logp).sum(-1)
-        return logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1), entropy
+        h = numerics.entropy(logp.exp(), logp)
+        return logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1), h
 
     # -- checkpoints -----------------------------------------------------------
 

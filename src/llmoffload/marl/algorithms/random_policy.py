@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmoffload.marl.env import Layout
-from llmoffload.marl.learner import Transition
+from llmoffload.marl.learner import ProtocolMask, Transition
+from llmoffload.marl.numerics import Diagnostics
 
 
 @dataclass
-class RandomConfig:
+class RandomConfig(ProtocolMask):
     """Random's one setting: whether it draws among the valid actions only."""
 
     mask: bool = False  # the paper's Random draws from all actions; True: valid ones only
@@ -54,8 +55,9 @@ class RandomPolicy:
         choice = (self.rng.random(valid.shape) * valid).argmax(-1)
         return np.where(active, choice, -1)
 
-    def observe(self, transition: Transition) -> None:
+    def observe(self, transition: Transition) -> Diagnostics:
         """Random learns nothing."""
+        return {}
 
     def state_dict(self) -> dict:
         """The generator's state, so a restored Random draws on where training stopped."""
