@@ -26,8 +26,9 @@ from llmoffload.experiments.training import (
 )
 from llmoffload.marl.algorithms.coma import Coma, ComaConfig
 from llmoffload.marl.env import OffloadEnv
-from llmoffload.marl.learner import Learner, Transition
+from llmoffload.marl.learner import Learner, ProtocolMask, Transition
 from llmoffload.marl.numerics import Diagnostics
+from llmoffload.marl.registry import LEARNERS
 from llmoffload.model.execution import evaluate
 from llmoffload.model.instance import sample_instance
 from llmoffload.schedulers.heuristics import random_valid
@@ -225,7 +226,16 @@ def exploring_episodes(learner: Learner, episodes: int) -> tuple[np.ndarray, int
     return np.array(rewards), env.worst
 
 
-@pytest.mark.parametrize("algo", ["ucb-coma", "coma", "mappo", "maddpg"])
+# the learners that learn validity from the penalties under the paper protocol (their
+# ``mask`` setting follows --protocol), each from scratch
+PENALISED = [
+    m
+    for m, spec in LEARNERS.items()
+    if issubclass(spec.config, ProtocolMask) and spec.defaults.get("init", "none") == "none"
+]
+
+
+@pytest.mark.parametrize("algo", PENALISED)
 def test_no_learner_repeats_a_refused_action(algo: str, tmp_path: Path) -> None:
     """A trained policy acting as in training never picks the same refused action more
     than 3 times in a row, on 20 held-out instances: under the paper protocol an agent

@@ -21,6 +21,7 @@ from llmoffload.experiments.training import (
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.learner import Learner, Transition
 from llmoffload.marl.numerics import Diagnostics
+from llmoffload.marl.registry import LEARNERS
 from llmoffload.model.scenario import load_scenario
 
 SEEDS = [episode_seed(3, TRAIN, e) for e in range(5)]
@@ -30,7 +31,11 @@ def envs(k: int, tasks: int = 3) -> list[OffloadEnv]:
     return [OffloadEnv(scenario_with(tasks), failure_prob=0.2) for _ in range(k)]
 
 
-@pytest.mark.parametrize("algo", ["ucb-coma", "mappo", "maddpg", "cs-ucb"])
+# every learner that acts in the env, Random aside (it draws even when greedy)
+ACTING = [m for m, spec in LEARNERS.items() if not spec.config.planner and m != "random"]
+
+
+@pytest.mark.parametrize("algo", ACTING)
 def test_greedy_episodes_play_the_same_together_or_alone(algo: str) -> None:
     """Greedy, every draw of an episode (instance, failures, step order) comes from its
     own seed, and one forward over K episodes gives each the actions it gets alone."""

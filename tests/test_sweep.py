@@ -333,3 +333,24 @@ def test_a_run_draws_the_instances_train_draws() -> None:
         swept = sample_instance(spec.resolved_scenario(), np.random.default_rng(seed))
         direct = sample_instance(load_scenario("paper"), np.random.default_rng(seed))
         assert swept.tasks == direct.tasks
+
+
+def test_a_two_part_claim_says_which_part_holds_among_the_marl_learners() -> None:
+    """UCB-COMA first on reward (CS-UCB aside) but COMA lower on the weighted sum: among the
+    MARL learners the reward part holds and the weighted-sum part does not, and both are
+    said; no one method's absence mends both parts."""
+    methods = ["ucb-coma", "coma", "cs-ucb", "maddpg", "mappo", "random"]
+
+    def series(*values: float) -> dict:
+        return {m: (np.array([v]), np.zeros(1)) for m, v in zip(methods, values, strict=True)}
+
+    rewards, costs = series(9, 8, 10, 5, 4, 1), series(2, 1, 3, 4, 5, 6)
+    ucb = check_claims(
+        methods, [("Fig. 4", ["base"], rewards)], [("Fig. 6", ["W=6"], costs)], None
+    )[0]
+    assert ucb.verdict == "does not hold"
+    assert ucb.among == "holds on the reward figures, does not hold on the weighted-sum figures"
+    assert ucb.parts == (
+        "among the MARL learners: holds on the reward figures, does not hold on the "
+        "weighted-sum figures; no one method's absence would mend it"
+    )

@@ -37,7 +37,8 @@ class Verdict:
     claim: str
     verdict: str  # "holds", "does not hold" or "not tested"
     evidence: str
-    # the verdict among the MARL learners and the claim's method; "": they are all judged
+    # the verdict among the MARL learners and the claim's method ("holds", "does not
+    # hold", or per part of a two-part claim); "": they are all judged
     among: str = ""
     broken_by: tuple[str, ...] = ()  # where it does not hold: each whose absence mends it
 
@@ -46,7 +47,11 @@ class Verdict:
         """What part of a claim that does not hold still holds, and what breaks it."""
         if self.verdict != "does not hold":
             return ""
-        said = [f"{self.among} among the MARL learners"] if self.among else []
+        said = []
+        if self.among in ("holds", "does not hold"):
+            said.append(f"{self.among} among the MARL learners")
+        elif self.among:
+            said.append(f"among the MARL learners: {self.among}")
         if self.broken_by:
             said.append(f"would hold without {', or without '.join(self.broken_by)}")
         else:
@@ -144,11 +149,17 @@ def check_claims(
 
 
 def joined(a: Verdict, a_name: str, b: Verdict, b_name: str) -> Verdict:
-    """A claim of two parts holds if both do; so among the MARL learners; a method breaks
-    it if its absence would mend every part that fails."""
+    """A claim of two parts holds if both do; among the MARL learners, where the parts
+    differ, each part's verdict is said; a method breaks it if its absence would mend
+    every part that fails."""
     among = ""
     if a.among or b.among:
-        among = holds((a.among or a.verdict) == (b.among or b.verdict) == "holds")
+        parts = (a.among or a.verdict, b.among or b.verdict)
+        among = (
+            parts[0]
+            if parts[0] == parts[1]
+            else f"{parts[0]} on the {a_name}, {parts[1]} on the {b_name}"
+        )
     if a.verdict == "holds":
         broken_by = b.broken_by
     elif b.verdict == "holds":
