@@ -20,11 +20,12 @@ steps or epochs where it takes several):
 - MADDPG: ``critic_loss``, ``actor_loss``, ``entropy``;
 - gnn-sched: ``loss``, ``entropy``, ``approx_kl``, ``clip_fraction``;
 - CS-UCB and Random report none: a table of means, and no learning (header only).
- The checkpoint holds only tensors and plain data (dicts, lists,
-numbers, strings) and is read with ``torch.load(weights_only=True)``: a run directory
-from elsewhere cannot run code when loaded. Every random draw flows from the run's
-seed: training episode e uses instance seed ``(seed, 0, e)`` and evaluation episode e
-uses ``(seed, 1, e)``, so evaluation never sees a training instance.
+
+The checkpoint holds only tensors and plain data (dicts, lists, numbers, strings) and is
+read with ``torch.load(weights_only=True)``: a run directory from elsewhere cannot run
+code when loaded. Every random draw flows from the run's seed: training episode e uses
+instance seed ``(seed, 0, e)`` and evaluation episode e uses ``(seed, 1, e)``, so
+evaluation never sees a training instance.
 """
 
 from __future__ import annotations
