@@ -56,19 +56,22 @@ from llmoffload.model.scenario import Scenario, load_scenario
 clock = time.perf_counter  # --cpu: time.process_time, steadier on a shared machine
 
 
-def widened(tasks: int, edges: int) -> Scenario:
-    """The paper scenario with ``tasks`` tasks and ``edges`` edge servers: the paper's
-    edges (text, image, audio) repeated in turn, then its cloud."""
-    sc = load_scenario("paper")
-    paper_edges = [s for s in sc.servers if s.kind == "edge"]
+def widened(tasks: int, edges: int, base: str = "paper") -> Scenario:
+    """The ``base`` scenario with ``tasks`` tasks and ``edges`` edge servers: its edges
+    (the paper's text, image, audio) repeated in turn, then its cloud; where tasks arrive
+    over time, their rate scaled by the edges added, so each edge's load stays."""
+    sc = load_scenario(base)
+    base_edges = [s for s in sc.servers if s.kind == "edge"]
     servers = [
-        paper_edges[k % len(paper_edges)].model_copy(
-            update={"name": f"{paper_edges[k % len(paper_edges)].name}-{k}"}
+        base_edges[k % len(base_edges)].model_copy(
+            update={"name": f"{base_edges[k % len(base_edges)].name}-{k}"}
         )
         for k in range(edges)
     ]
     servers.append(sc.servers[sc.cloud])
-    workload = sc.workload.model_copy(update={"tasks": tasks})
+    rate = sc.workload.arrivals_per_s
+    rate = rate and rate * edges / len(base_edges)
+    workload = sc.workload.model_copy(update={"tasks": tasks, "arrivals_per_s": rate})
     return sc.model_copy(update={"servers": servers, "workload": workload})
 
 

@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llmoffload.errors import OffloadError
 from llmoffload.experiments.provenance import CodeDigest, code_digest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,18 +169,15 @@ def study(
     the full default study."""
     from llmoffload.experiments import study_report
     from llmoffload.experiments.study import QUICK_STUDY, Study, episodes, plan, scenario_of
+    from llmoffload.experiments.study_report import COLUMNS
     from llmoffload.experiments.sweep import REFERENCES, execute
     from llmoffload.marl.registry import PAPER
 
     if out is not None:
-        saved = out / study_report.STUDY_FILE
-        if not saved.is_file():
-            raise SystemExit(
-                f"error: {saved} not found: run `llmoffload reproduce --study beyond --out "
-                f"{shown(out)}` (with the options you want) first"
-            )
-        fields = json.loads(saved.read_text())
-        chosen = Study(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        try:
+            chosen = study_report.read_study(out)
+        except OffloadError as e:
+            raise SystemExit(f"error: {e}") from None
     else:
         chosen = QUICK_STUDY if budget == "quick" else Study()
         out = ROOT / ("runs/beyond-quick" if budget == "quick" else "runs/beyond")
@@ -198,7 +196,8 @@ def study(
         f"`{study_command(chosen)}` ({said}; "
         f"figures: `{shown(out)}/REPORT.md`). IQM ratio over (seed, held-out instance) "
         "[95% stratified-bootstrap interval]; below 1 is better than the reference; "
-        "train s: mean seconds to train one run, expert data included."
+        "plan s: mean seconds to plan one instance; train s: mean seconds to train one run, "
+        "expert data included."
     ]
     for name in chosen.scenarios:
         runs = [s for s in specs if scenario_of(s) == name]
@@ -215,11 +214,14 @@ def study(
         budget += f"{episodes(chosen, name)} episodes"
         rows.append([f"Learners on `{name}` ({budget})", "; ".join(found)])
         lines += ["", f"### {name} ({setting})", "", sec.verdict, ""]
-        lines += ["| method | x Optimal | x best classic | train s | runs |"]
-        lines += ["|---|---:|---:|---:|---:|"]
         lines += [
-            f"| {r.method} | {interval(r.to_optimal)} | {interval(r.to_classic)} | "
-            f"{r.train_s:.0f} | {r.runs} |"
+            "| method | " + " | ".join(h for _, h in COLUMNS) + " | plan s | train s | runs |"
+        ]
+        lines += ["|---|" + "---:|" * (len(COLUMNS) + 3)]
+        lines += [
+            f"| {r.method} | "
+            + " | ".join(interval(r.to.get(key)) for key, _ in COLUMNS)
+            + f" | {r.plan_s:.3g} | {r.train_s:.0f} | {r.runs} |"
             for r in sec.rows
         ]
         lines += time_split([s for s in runs if s.key in swept.results], out)
@@ -261,18 +263,25 @@ def study_command(study: object) -> str:
 
 
 def versus(row: object) -> str:
-    """A learner's row as the headline gives it: both ratios."""
+    """A learner's row as the headline gives it: against best classic, against the search
+    at its own planning time (beats it: the interval below 1; loses to it: above 1; to 4
+    places, where the verdict turns on a hair), and above the certified lower bound."""
+    search = row.to.get("search")
+    said = "n/a"
+    if search is not None:
+        said = "beats" if search.high < 1 else "loses to" if search.low > 1 else "does not beat"
     return (
-        f"{row.method}: {interval(row.to_classic)} x best classic, "
-        f"{interval(row.to_optimal)} x Optimal"
+        f"{row.method}: {interval(row.to_classic)} x best classic; "
+        f"{interval(search, 4)} x search at its {row.plan_s:.2g} s ({said} it); "
+        f"{interval(row.to.get('bound'))} x lower bound"
     )
 
 
-def interval(e: object) -> str:
+def interval(e: object, places: int = 3) -> str:
     """An IQM with its interval, or n/a where there was no reference to divide by."""
     if e is None:
         return "n/a"
-    return f"{e.iqm:.3f} [{e.low:.3f}, {e.high:.3f}]"
+    return f"{e.iqm:.{places}f} [{e.low:.{places}f}, {e.high:.{places}f}]"
 
 
 # -- the benchmarks ---------------------------------------------------------------------------

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from llmoffload.experiments.training import EVAL, episode_seed, run_episode
+from llmoffload.experiments.sweep import YARDSTICKS
+from llmoffload.experiments.training import EVAL, episode_seed, evaluate_run, run_episode
 from llmoffload.marl.env import OffloadEnv
 from llmoffload.marl.learner import Learner
 from llmoffload.model.instance import Subtask, sample_instance
 from llmoffload.model.scenario import Scenario, load_scenario
+
+
+def evaluated(run: Path, episodes: int) -> list[dict[str, float]]:
+    """A run's held-out evaluation (CP-SAT 5 s) less what it times (planning seconds and
+    the search given them), which moves with the machine's load: what a rerun repeats."""
+    timed = {"plan_s", *YARDSTICKS}
+    rows = evaluate_run(run, episodes, time_limit_s=5, progress=False)
+    return [{k: v for k, v in row.items() if k not in timed} for row in rows]
 
 
 def scenario_with(tasks: int) -> Scenario:

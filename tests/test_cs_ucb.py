@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_clearly_better, greedy_objectives, scenario_with
+from helpers import assert_clearly_better, evaluated, greedy_objectives, scenario_with
 
 from llmoffload.experiments.training import (
     TRAIN,
     episode_seed,
-    evaluate_run,
     load_run,
     make_config,
     new_learner,
@@ -183,8 +182,8 @@ def test_learning_is_real_and_the_run_round_trips(env: OffloadEnv, tmp_path: Pat
     after = greedy_objectives(loaded_env, trained, 20)
     before = greedy_objectives(loaded_env, fresh(loaded_env), 20)
     assert_clearly_better(after, before, margin=0.3)
-    first = evaluate_run(tmp_path, 3, time_limit_s=5, progress=False)
-    assert evaluate_run(tmp_path, 3, time_limit_s=5, progress=False) == first
+    first = evaluated(tmp_path, 3)
+    assert evaluated(tmp_path, 3) == first
     assert all(np.isfinite(r["objective"]) for r in first)
 
 

@@ -22,7 +22,7 @@ from llmoffload.schedulers.heuristics import heft
 from llmoffload.schedulers.optimal import solve
 
 # what `pip install llmoffload` does not install and `[learn]` does (pyproject.toml)
-ABSENT = ("torch", "pettingzoo", "gymnasium", "tqdm", "filelock", "scipy")
+ABSENT = ("torch", "pettingzoo", "gymnasium", "tqdm", "filelock")
 BLOCK = f"""
 import importlib.abc, sys
 
@@ -70,6 +70,12 @@ def test_the_blocker_blocks() -> None:
     command = [sys.executable, "-c", BLOCK + "import torch"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert "ModuleNotFoundError: No module named 'torch'" in result.stderr
+
+
+def test_the_search_schedules_without_the_learners(instance_file: Path) -> None:
+    result = lean("schedule", instance_file, "--policy", "search", "--budget", 300, "--json")
+    assert result.returncode == 0, result.stderr
+    assert 0 < json.loads(result.stdout)["evaluations"] <= 300
 
 
 def test_optimal_schedules_without_the_learners(instance_file: Path) -> None:

@@ -10,14 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import assert_clearly_better, greedy_objectives, scenario_with
+from helpers import assert_clearly_better, evaluated, greedy_objectives, scenario_with
 from typer.testing import CliRunner
 
 from llmoffload.cli.app import app
 from llmoffload.experiments.training import (
     EVAL,
     episode_seed,
-    evaluate_run,
     load_run,
     make_config,
     new_learner,
@@ -147,9 +146,9 @@ def test_same_seed_same_csv_and_resume_evaluates_identically(tmp_path: Path) -> 
     assert (a / "episodes.csv").read_bytes() == (b / "episodes.csv").read_bytes()
     for name in ("checkpoint.pt", "reward_curve.png", "config.json"):
         assert (a / name).is_file()
-    first = evaluate_run(a, 4, time_limit_s=5, progress=False)
-    assert evaluate_run(a, 4, time_limit_s=5, progress=False) == first
-    assert evaluate_run(b, 4, time_limit_s=5, progress=False) == first
+    first = evaluated(a, 4)
+    assert evaluated(a, 4) == first
+    assert evaluated(b, 4) == first
     _, loaded, _ = load_run(a)
     _, twin, _ = load_run(b)
     assert loaded.steps == twin.steps > 0

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_clearly_better, greedy_objectives, scenario_with
+from helpers import assert_clearly_better, evaluated, greedy_objectives, scenario_with
 
 from llmoffload.experiments.training import (
     EVAL,
     episode_seed,
-    evaluate_run,
     load_run,
     make_config,
     new_learner,
@@ -211,9 +210,7 @@ def test_same_seed_same_csv(tmp_path: Path) -> None:
     train("maddpg", sc, 8, 7, a, config, progress=False)
     train("maddpg", sc, 8, 7, b, config, progress=False)
     assert (a / "episodes.csv").read_bytes() == (b / "episodes.csv").read_bytes()
-    assert evaluate_run(a, 2, time_limit_s=5, progress=False) == evaluate_run(
-        b, 2, time_limit_s=5, progress=False
-    )
+    assert evaluated(a, 2) == evaluated(b, 2)
     _, loaded, _ = load_run(a)
     assert loaded.updates > 0
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_clearly_better, greedy_objectives, scenario_with
+from helpers import assert_clearly_better, evaluated, greedy_objectives, scenario_with
 
 from llmoffload.experiments.training import (
     EVAL,
     TRAIN,
     episode_seed,
-    evaluate_run,
     load_run,
     make_config,
     new_learner,
@@ -202,8 +201,8 @@ def test_same_seed_same_csv_and_a_loaded_learner_acts_identically(
     train("mappo", sc, 10, 7, a, config, progress=False)
     train("mappo", sc, 10, 7, b, config, progress=False)
     assert (a / "episodes.csv").read_bytes() == (b / "episodes.csv").read_bytes()
-    first = evaluate_run(a, 3, time_limit_s=5, progress=False)
-    assert evaluate_run(b, 3, time_limit_s=5, progress=False) == first
+    first = evaluated(a, 3)
+    assert evaluated(b, 3) == first
     _, loaded, _ = load_run(a)
     assert loaded.updates >= 2
 

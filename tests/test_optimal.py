@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from llmoffload.model.execution import Dispatch, Execution, Tables, evaluate
 from llmoffload.model.instance import Instance, sample_instance
 from llmoffload.model.scenario import Scenario, load_scenario
-from llmoffload.schedulers.optimal import relaxed_bound, solve
+from llmoffload.schedulers.bound import lp_bound, relaxed_bound
+from llmoffload.schedulers.optimal import REACH, solve
 from llmoffload.schedulers.registry import SCHEDULERS
 
 # CP-SAT works in 1 us ticks; a schedule's objective sums at most a few dozen
@@ -89,6 +90,8 @@ def test_optimal_beats_every_heuristic(seed: int, tasks: int, latency: str) -> N
     instance = sample_instance(scenario, np.random.default_rng(seed), tasks)
     solution = solve(instance, time_limit_s=30)
     assert solution.proven
+    assert lp_bound(instance) <= solution.schedule.objective + 1e-12  # each bound, alone
+    assert relaxed_bound(Tables(instance)) <= solution.schedule.objective + 1e-12
     for name in (name for name in SCHEDULERS if name != "optimal"):
         order = SCHEDULERS[name](instance, np.random.default_rng(seed))
         assert solution.schedule.objective <= evaluate(instance, order).objective + TICK_SLOP
@@ -142,7 +145,8 @@ def test_relaxed_bound_of_a_chain_by_hand() -> None:
 
 def test_an_unproven_solve_reports_a_bound_with_a_real_gap() -> None:
     """100 tasks on 20 edges in a tenth of a second: CP-SAT proves nothing, and its own
-    bound is 0; the relaxed bound leaves a gap well below 100%."""
+    bound is 0; the LP's, at the best schedule's reach, is the bound, above the relaxed
+    one, with a gap well below 100%."""
     base = load_scenario("paper").model_dump()
     edges = [s for s in base["servers"] if s["kind"] == "edge"]
     base["servers"] = [
@@ -151,6 +155,8 @@ def test_an_unproven_solve_reports_a_bound_with_a_real_gap() -> None:
     instance = sample_instance(Scenario.model_validate(base), np.random.default_rng(1), 100)
     solution = solve(instance, time_limit_s=0.1)
     assert not solution.proven
-    assert solution.bound == pytest.approx(relaxed_bound(Tables(instance)))
+    reach = REACH * max(r.end for r in solution.schedule.runs)
+    assert solution.bound == pytest.approx(lp_bound(instance, reach))
+    assert solution.bound > relaxed_bound(Tables(instance))
     assert 0.0 < solution.bound <= solution.schedule.objective
     assert solution.gap < 0.5

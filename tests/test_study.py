@@ -16,14 +16,14 @@ from llmoffload.errors import OffloadError
 from llmoffload.experiments.study import (
     Estimate,
     Study,
+    held,
     iqm_intervals,
-    objectives,
     plan,
     profiles,
     ratios,
     scenario_of,
 )
-from llmoffload.experiments.study_report import Row, verdict
+from llmoffload.experiments.study_report import Row, equal_time, verdict
 from llmoffload.experiments.training import held_out, make_config
 from llmoffload.marl.learner import ProtocolMask
 from llmoffload.marl.registry import LEARNERS as REGISTERED
@@ -96,7 +96,7 @@ def test_the_iqm_is_the_mean_of_the_middle_half_and_its_interval_holds_it() -> N
         # seed 2 has no Optimal beside it: it is left out of the ratios
         *results("coma", {0: [2.0, 2.2, 2.4, 2.6], 1: [5.6, 6.0, 6.4, 20.0], 2: [1.0] * 4}),
     ]
-    objs = objectives(fake)
+    objs = held(fake)
     to_optimal = ratios(objs, "optimal")
     expected = [[1.0, 1.1, 1.2, 1.3], [1.4, 1.5, 1.6, 5.0]]
     np.testing.assert_allclose(to_optimal["coma"], expected)
@@ -121,9 +121,11 @@ def test_the_iqm_is_the_mean_of_the_middle_half_and_its_interval_holds_it() -> N
 
 def test_the_target_needs_both_bars_and_is_stated_either_way() -> None:
     def row(method: str, to_optimal: float, classic_high: float) -> Row:
-        return Row(
-            method, Estimate(to_optimal, 1.0, 1.1), Estimate(0.9, 0.8, classic_high), 5.0, 3, 0.0
-        )
+        to = {
+            "optimal": Estimate(to_optimal, 1.0, 1.1),
+            "classic": Estimate(0.9, 0.8, classic_high),
+        }
+        return Row(method, to, 5.0, 3, 0.0, 0.1, None)
 
     learners = ("coma", "mappo")
     rows = [row("coma", 1.05, 0.9), row("mappo", 1.02, 0.97), row("heft", 1.0, 0.5)]
@@ -135,6 +137,24 @@ def test_the_target_needs_both_bars_and_is_stated_either_way() -> None:
     rows[1] = row("mappo", 1.04, 0.9)  # surely better than the classic, too far from Optimal
     assert "**does not hold** on x" in verdict("x", rows, learners)
     assert "**not tested**" in verdict("x", rows[2:], learners)
+
+
+def test_a_learner_beats_search_at_equal_time_only_where_its_interval_is_below_1() -> None:
+    def row(method: str, low: float, high: float) -> Row:
+        to = {"search": Estimate((low + high) / 2, low, high), "bound": Estimate(1.2, 1.1, 1.3)}
+        return Row(method, to, 5.0, 3, 0.0, 0.25, 0.3)
+
+    learners = ("coma", "gnn-sched")
+    rows = [row("coma", 0.9, 0.99), row("gnn-sched", 0.95, 1.02), row("heft", 0.5, 0.6)]
+    said = equal_time("x", rows, learners)
+    assert "coma (planning 0.25 s per instance), **beats** the search given its time" in said
+    assert "0.9450 [0.9000, 0.9900]" in said and "lower bound by 1.2000 [1.1000, 1.3000]" in said
+    rows[0] = row("coma", 0.97, 1.01)  # the interval reaches 1: not surely better
+    assert "**does not beat**" in equal_time("x", rows, learners)
+    rows[0], rows[1] = row("coma", 1.02, 1.1), row("gnn-sched", 1.01, 1.05)
+    assert "gnn-sched (planning" in equal_time("x", rows, learners)  # the lower IQM
+    assert "**loses to**" in equal_time("x", rows, learners)
+    assert "**not tested**" in equal_time("x", rows[2:], learners)
 
 
 def test_a_tiny_study_writes_its_report_and_figures_and_a_rerun_uses_the_cache(
@@ -155,7 +175,9 @@ def test_a_tiny_study_writes_its_report_and_figures_and_a_rerun_uses_the_cache(
         assert "Optimal is proven optimal on " in part and " of 2 held-out instances" in part
         for method in ("cs-ucb", "heft", "best-classic"):
             assert f"\n| {method} | " in part and part.count(f"| {method} |") == 1
-        assert "\n| optimal | 1 [1, 1] | " in part
+        optimal = next(line for line in part.splitlines() if line.startswith("| optimal |"))
+        assert optimal.split(" | ")[5] == "1 [1, 1]"  # the x Optimal column
+        assert "Equal time: the best learner against the search, cs-ucb (planning" in part
         for stem in ("profile", "training"):
             assert f"]({name}_{stem}.png)" in part
             assert (tmp_path / f"{name}_{stem}.png").read_bytes().startswith(PNG_MAGIC)

@@ -14,6 +14,7 @@ from llmoffload.experiments.policies import resolve_policy
 from llmoffload.files import check_output
 from llmoffload.model.instance import Instance, load_instance
 from llmoffload.schedulers.registry import SCHEDULERS, Outcome
+from llmoffload.schedulers.search import DEFAULT, Budget
 
 
 def schedule_json(policy: str, path: Path, inst: Instance, outcome: Outcome) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def schedule_json(policy: str, path: Path, inst: Instance, outcome: Outcome) -> 
     if outcome.solution is not None:
         sol = outcome.solution
         result.update(bound=sol.bound, gap=sol.gap, proven=sol.proven)
+    if outcome.evaluations is not None:
+        result["evaluations"] = outcome.evaluations
     return result
 
 
@@ -107,6 +110,8 @@ def schedule_text(policy: str, path: Path, inst: Instance, outcome: Outcome) -> 
             f"lower bound {sol.bound:.6f}, gap {sol.gap:.2%}, "
             f"optimality {'proven' if sol.proven else 'not proven'}"
         )
+    if outcome.evaluations is not None:
+        out.append(f"search: {outcome.evaluations} evaluations")
     return "\n".join(out)
 
 
@@ -125,9 +130,13 @@ def schedule_cmd(
     time_limit: Annotated[
         float, typer.Option(min=0.001, help="CP-SAT time limit in seconds (optimal only).")
     ] = 10.0,
+    budget: Annotated[
+        str,
+        typer.Option(help="The search's budget: evaluations ('2000') or seconds ('0.5s')."),
+    ] = str(DEFAULT),
 ) -> None:
     """Schedule an instance with a policy and report when, where and at what cost it ran."""
-    run = resolve_policy(policy, time_limit)
+    run = resolve_policy(policy, time_limit, Budget.parse(budget))
     inst = load_instance(instance_file)
     if gantt is not None:
         from llmoffload.model.gantt import check_format  # matplotlib only when asked

@@ -1,15 +1,16 @@
 """Expert demonstrations: the CP-SAT schedule of training instances, cached on disk.
 
-The expert is Optimal (``schedulers.optimal.solve``: CP-SAT started from the best
-classic schedule, within its time limit); a demonstration is an instance and the
+The expert is Optimal (``schedulers.optimal.solve``: CP-SAT started from the local
+search's schedule, within its time limit); a demonstration is an instance and the
 dispatch sequence of its schedule, which replayed through the execution model gives
 that schedule exactly (same order, same times). Instances are drawn from given seeds
 (the training stream's, so an expert never sees a held-out instance).
 
 Each solved instance is cached as one small JSON file, named by a hash of the scenario,
-the instance's seed and the time limit, under ``$LLMOFFLOAD_CACHE/expert`` (default
-``~/.cache/llmoffload/expert``): CP-SAT cut by its time limit depends on the machine's
-speed, so the cache also makes a run's expert the same every time it is trained again.
+the instance's seed, the time limit and the solver's code (``solver_code``), under
+``$LLMOFFLOAD_CACHE/expert`` (default ``~/.cache/llmoffload/expert``): CP-SAT cut by
+its time limit depends on the machine's speed, so the cache also makes a run's expert
+the same every time it is trained again.
 The instances not cached yet are solved on a pool of ``workers`` processes. Each is
 solved under a lock on its cache file, taken without waiting: runs started at once on
 the same scenario and seed (gnn-sched and a ``-bc`` learner in the study) share the
@@ -24,12 +25,14 @@ import multiprocessing
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from llmoffload.experiments.provenance import code_digest
 from llmoffload.files import write_text_atomic
 from llmoffload.marl.learner import Demo
 from llmoffload.model.execution import Dispatch
@@ -57,8 +60,13 @@ def demonstrations(
     todo = [(seed, path) for seed, path in zip(seeds, paths, strict=True) if not path.is_file()]
     jobs = [(data, seed, time_limit_s, str(path)) for seed, path in todo]
     cache_dir().mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="expert", unit="inst")
-    bar.disable = not progress
+    bar = tqdm(
+        total=len(seeds),
+        initial=len(seeds) - len(todo),
+        desc="expert",
+        unit="inst",
+        disable=not progress,
+    )
     with bar:
         if workers > 1 and len(jobs) > 1:
             ctx = multiprocessing.get_context("spawn")  # no forked torch state
@@ -84,10 +92,22 @@ def counted(items: Iterable[object], bar: tqdm) -> None:
 
 def key(scenario: dict, seed: int, time_limit_s: float) -> str:
     text = json.dumps(
-        {"format": EXPERT_FORMAT, "scenario": scenario, "seed": seed, "limit": time_limit_s},
+        {
+            "format": EXPERT_FORMAT,
+            "scenario": scenario,
+            "seed": seed,
+            "limit": time_limit_s,
+            "solver": solver_code(),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@cache
+def solver_code() -> str:
+    """The digest of the code that solves an instance: a change to it solves afresh."""
+    return code_digest([solve.__module__]).digest
 
 
 def expert_order(scenario: dict, seed: int, time_limit_s: float) -> list[list[int]]:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from llmoffload.errors import OffloadError, require
 from llmoffload.schedulers.registry import SCHEDULERS, Outcome, Policy, classic
+from llmoffload.schedulers.search import DEFAULT, Budget
 
 
-def resolve_policy(policy: str, time_limit_s: float) -> Policy:
+def resolve_policy(policy: str, time_limit_s: float, budget: Budget = DEFAULT) -> Policy:
     """The scheduler ``policy`` names, or the trained run in that directory, checked (and a
     run's checkpoint loaded) before any work is done."""
     if policy != "optimal" and Path(policy).is_dir():
@@ -22,4 +23,4 @@ def resolve_policy(policy: str, time_limit_s: float) -> Policy:
         raise OffloadError(
             f"unknown policy '{policy}' (choose from {', '.join(SCHEDULERS)}, or a run directory)"
         )
-    return classic(policy, time_limit_s)
+    return classic(policy, time_limit_s, budget)

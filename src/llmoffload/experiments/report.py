@@ -60,6 +60,12 @@ class Record:
     reward: float
     curve: tuple[float, ...]
     objectives: tuple[float, ...]  # per held-out instance, in the seed's instance order
+    # per instance as ``objectives``; empty where the run did not record them: a learner's
+    # planning seconds and the search beside it (same time, 10x), Optimal's lower bound
+    plan_s: tuple[float, ...] = ()
+    search: tuple[float, ...] = ()
+    search_10x: tuple[float, ...] = ()
+    bound: tuple[float, ...] = ()
 
     @property
     def objective(self) -> float:
@@ -80,6 +86,10 @@ def record(result: dict[str, Any]) -> Record:
         reward=reward,
         curve=tuple(curve),
         objectives=tuple(held["objective"]),
+        plan_s=tuple(held.get("plan_s", ())),
+        search=tuple(held.get("search", ())),
+        search_10x=tuple(held.get("search_10x", ())),
+        bound=tuple(held.get("bound", ())),
     )
 
 
@@ -130,16 +140,17 @@ def summary(values: Values) -> Series:
     return out
 
 
-def ratio_to(records: list[Record]) -> Callable[[Record], float]:
-    """A run's held-out objective over Optimal's, instance by instance, then averaged.
+def ratio_to(records: list[Record], field: str = "objectives") -> Callable[[Record], float]:
+    """A run's held-out objective over Optimal's (or Optimal's run's ``field``: its lower
+    ``bound``), instance by instance, then averaged.
 
     The same seed and setting share their held-out instances, so the ratio is paired:
     it removes the spread between instances that dominates the plain weighted sum.
     """
     optimal = {
-        (r.bandwidth_mhz, r.deadline_s, r.seed): np.array(r.objectives)
+        (r.bandwidth_mhz, r.deadline_s, r.seed): np.array(getattr(r, field))
         for r in records
-        if r.method == "optimal"
+        if r.method == "optimal" and getattr(r, field)
     }
 
     def ratio(r: Record) -> float:
@@ -147,6 +158,21 @@ def ratio_to(records: list[Record]) -> Callable[[Record], float]:
         return np.nan if best is None else float(np.mean(np.array(r.objectives) / best))
 
     return ratio
+
+
+def ratio_to_own(field: str) -> Callable[[Record], float]:
+    """A run's held-out objective over the yardstick its run recorded beside each plan
+    (``search``, ``search_10x``), instance by instance, then averaged; NaN where none."""
+
+    def ratio(r: Record) -> float:
+        ref = getattr(r, field)
+        return float(np.mean(np.array(r.objectives) / np.array(ref))) if ref else np.nan
+
+    return ratio
+
+
+def plan_seconds(r: Record) -> float:
+    return float(np.mean(r.plan_s)) if r.plan_s else np.nan
 
 
 def reward(r: Record) -> float:
@@ -315,11 +341,15 @@ def write_curves(curves: dict[str, np.ndarray], out: Path, tag: str) -> None:
 def base_numbers(
     grid: Grid, records: list[Record], base: Axis, tag: str
 ) -> tuple[dict[str, Series], Section]:
-    """Every method's reward, weighted sum and ratio to Optimal at the base setting: the
-    series the claims judge Fig. 4 by, and Fig. 4's table."""
+    """Every method's reward, weighted sum, ratios to Optimal, to the search at its own
+    planning time and at ten times it, and to the lower bound, and planning seconds, at the
+    base setting: the series the claims judge Fig. 4 by, and Fig. 4's table."""
     every = [*grid.methods, *REFERENCES]
     metrics = (("average reward", reward), ("weighted sum", objective))
     metrics += (("ratio to Optimal", ratio_to(records)),)
+    metrics += (("x search, same time", ratio_to_own("search")),)
+    metrics += (("x search, 10x time", ratio_to_own("search_10x")),)
+    metrics += (("x lower bound", ratio_to(records, "bound")), ("plan s", plan_seconds))
     at_base = {name: base.series(records, every, metric) for name, metric in metrics}
     numbers = merge(*(table(s, [name]) for name, s in at_base.items()))
     return at_base, (

@@ -104,22 +104,30 @@ class Estimate:
     high: float
 
 
-def objectives(results: list[dict[str, Any]]) -> dict[str, dict[int, np.ndarray]]:
-    """Per method and seed, the held-out objective of each instance, in the seed's order."""
-    out: dict[str, dict[int, np.ndarray]] = {}
+Held = dict[str, dict[int, np.ndarray]]  # method -> seed -> one value per held-out instance
+
+
+def held(results: list[dict[str, Any]], key: str = "objective") -> Held:
+    """Per method and seed, what each run recorded under ``key`` for each held-out
+    instance, in the seed's order (runs that did not record it left out)."""
+    out: Held = {}
     for result in results:
         spec = result["spec"]
-        out.setdefault(spec["method"], {})[spec["seed"]] = np.array(result["held_out"]["objective"])
+        if key in result["held_out"]:
+            out.setdefault(spec["method"], {})[spec["seed"]] = np.array(result["held_out"][key])
     return out
 
 
-def ratios(objs: dict[str, dict[int, np.ndarray]], reference: str) -> Scores:
-    """Each method's objective over ``reference``'s on the same (seed, instance): a row per
-    seed that both finished. Runs of one seed share their held-out instances, so the
-    ratio is paired and the spread between instances drops out."""
-    ref = objs.get(reference, {})
+def ratios(objs: Held, reference: str | Held) -> Scores:
+    """Each method's objective over a reference's on the same (seed, instance): another
+    method's (``reference`` names it) or each method's own yardstick (a ``Held`` of the
+    same shape, e.g. the search its run ran beside it). A row per seed that both have;
+    runs of one seed share their held-out instances, so the ratio is paired and the
+    spread between instances drops out."""
+    refs = {m: objs.get(reference, {}) for m in objs} if isinstance(reference, str) else reference
     out = {}
     for method, by_seed in objs.items():
+        ref = refs.get(method, {})
         rows = [by_seed[seed] / ref[seed] for seed in sorted(by_seed) if seed in ref]
         if rows:
             out[method] = np.array(rows)

@@ -54,7 +54,9 @@ from llmoffload.files import write_text_atomic
 from llmoffload.marl.registry import LEARNERS, PAPER
 from llmoffload.model.scenario import Scenario, load_scenario, parse_scenario
 
-RESULT_FORMAT = "llmoffload-result/3"  # 2: runs carry their protocol; 3: and their code
+RESULT_FORMAT = "llmoffload-result/4"  # 2: protocol; 3: code; 4: planning times, yardsticks
+# what a learner's run records per held-out instance beside its own numbers (training.yardsticks)
+YARDSTICKS = ("search", "search_s", "search_10x", "search_10x_s")
 REFERENCES = ("heft", "best-classic", "optimal")  # beside the learners, never trained
 ANY = "any"  # the protocol of a run that every protocol would run alike
 ALGORITHMS = "llmoffload.marl.algorithms."  # one learner per module: a run executes one
@@ -306,7 +308,7 @@ def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
         curve = [row["reward"] for row in trained]
         train_s = time.perf_counter() - began
         rows = evaluate_run(out, spec.eval_episodes, progress=False, references=False)
-    keys = ("reward", "objective", "latency", "cost", "proven")
+    keys = ("reward", "objective", "latency", "cost", "proven", "bound", "plan_s", *YARDSTICKS)
     held = {k: [row[k] for row in rows] for k in keys if k in rows[0]}
     return {
         "format": RESULT_FORMAT,

@@ -63,7 +63,8 @@ from llmoffload.marl.registry import LEARNERS
 from llmoffload.model.execution import Schedule, evaluate
 from llmoffload.model.instance import Instance, sample_instance
 from llmoffload.model.scenario import Scenario, parse_scenario
-from llmoffload.schedulers.registry import classic
+from llmoffload.schedulers.registry import Outcome, classic
+from llmoffload.schedulers.search import Budget, anneal
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # typing's own from Python 3.13
@@ -565,13 +566,21 @@ def held_out(scenario: Scenario, seed: int, episodes: int) -> Iterator[tuple[int
         yield e, eseed, sample_instance(scenario, np.random.default_rng(eseed))
 
 
-def scheduler_schedule(
-    name: str, instance: Instance, seed: int, time_limit_s: float
-) -> tuple[Schedule, bool]:
-    """A classic scheduler's schedule, and whether it is proven optimal (Optimal within
-    ``time_limit_s`` seconds; an unproven one is the best found, and may vary with load)."""
-    outcome = classic(name, time_limit_s)(instance, np.random.default_rng(seed))
-    return outcome.schedule, outcome.proven
+def scheduler_schedule(name: str, instance: Instance, seed: int, time_limit_s: float) -> Outcome:
+    """A classic scheduler's outcome (Optimal within ``time_limit_s`` seconds; an unproven
+    one is the best found, and may vary with load)."""
+    return classic(name, time_limit_s)(instance, np.random.default_rng(seed))
+
+
+def yardsticks(instance: Instance, seed: int, plan_s: float) -> dict[str, float]:
+    """What a plan that took ``plan_s`` seconds faces on its instance: the search given
+    the same time (``search``) and ten times it (``search_10x``), with the seconds each
+    took (its start, best classic, is kept even when it alone takes longer)."""
+    row = {"plan_s": plan_s}
+    for key, factor in (("search", 1), ("search_10x", 10)):
+        found = anneal(instance, np.random.default_rng(seed), Budget(seconds=factor * plan_s))
+        row[key], row[f"{key}_s"] = found.objective, found.seconds
+    return row
 
 
 def evaluate_run(
@@ -582,8 +591,10 @@ def evaluate_run(
     references: bool = True,
 ) -> list[dict[str, float]]:
     """Greedy, masked, non-learning episodes on held-out instances, ``EVAL_LOCKSTEP`` at a
-    time, beside HEFT and Optimal unless ``references`` is off (a sweep evaluates those
-    once per setting)."""
+    time, each beside the search at the policy's own planning time and ten times it
+    (``yardsticks``; a block's planning seconds shared by its instances), and beside HEFT
+    and Optimal with its lower bound unless ``references`` is off (a sweep evaluates
+    those once per setting)."""
     ckpt, learner, env = load_run(run)
     cases = list(held_out(env.scenario, ckpt["seed"], episodes))
     envs = [env] + [OffloadEnv(env.scenario, env.failure_prob) for _ in cases[1:EVAL_LOCKSTEP]]
@@ -593,14 +604,25 @@ def evaluate_run(
         block = cases[first : first + EVAL_LOCKSTEP]
         seeds, instances = [seed for _, seed, _ in block], [inst for *_, inst in block]
         if is_planner(learner):
-            played = [schedule_row(i, evaluate(i, learner.plan(i))) for i in instances]
+            played, seconds = [], []
+            for inst in instances:
+                began = time.perf_counter()
+                schedule = evaluate(inst, learner.plan(inst))
+                seconds.append(time.perf_counter() - began)
+                played.append(schedule_row(inst, schedule))
         else:
+            began = time.perf_counter()
             played = run_episodes(envs[: len(block)], learner, seeds, False, instances)
-        for (e, seed, inst), summary in zip(block, played, strict=True):
-            row = {"episode": e, **summary}
+            seconds = [(time.perf_counter() - began) / len(block)] * len(block)
+        for (e, seed, inst), summary, plan_s in zip(block, played, seconds, strict=True):
+            row = {"episode": e, **summary, **yardsticks(inst, seed, plan_s)}
             if references:
-                for name in ("heft", "optimal"):
-                    row[name] = scheduler_schedule(name, inst, seed, time_limit_s)[0].objective
+                row["heft"] = scheduler_schedule(
+                    "heft", inst, seed, time_limit_s
+                ).schedule.objective
+                solved = scheduler_schedule("optimal", inst, seed, time_limit_s).solution
+                assert solved is not None  # Optimal's outcome carries its solution
+                row.update(optimal=solved.schedule.objective, bound=solved.bound)
             rows.append(row)
             bar.update()
     bar.close()
@@ -612,10 +634,23 @@ def evaluate_scheduler(
     name: str, scenario: Scenario, seed: int, episodes: int, time_limit_s: float = 10.0
 ) -> list[dict[str, float]]:
     """A classic scheduler on the same held-out instances a run of ``seed`` is evaluated on,
-    with the reward the environment would give its schedule (``env.schedule_reward``)."""
+    with the reward the environment would give its schedule (``env.schedule_reward``),
+    its planning seconds, and Optimal's lower bound."""
     rows = []
     for e, eseed, inst in held_out(scenario, seed, episodes):
-        schedule, proven = scheduler_schedule(name, inst, eseed, time_limit_s)
-        reward = schedule_reward(inst, schedule)
-        rows.append({"episode": e, "reward": reward, "proven": proven, **outcome(schedule)})
+        began = time.perf_counter()
+        found = scheduler_schedule(name, inst, eseed, time_limit_s)
+        plan_s = time.perf_counter() - began
+        reward = schedule_reward(inst, found.schedule)
+        solved = {"bound": found.solution.bound} if found.solution else {}
+        rows.append(
+            {
+                "episode": e,
+                "reward": reward,
+                "proven": found.proven,
+                "plan_s": plan_s,
+                **solved,
+                **outcome(found.schedule),
+            }
+        )
     return rows

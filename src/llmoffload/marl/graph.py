@@ -26,8 +26,8 @@ import numpy as np
 
 from llmoffload.model.execution import Execution, Run
 from llmoffload.model.instance import Instance
+from llmoffload.schedulers.bound import relaxed_bound
 from llmoffload.schedulers.heuristics import upward_ranks
-from llmoffload.schedulers.optimal import relaxed_bound
 
 PAIR_FEATURES = 7  # upload, compute, cost, start, end, waiting, objective increase
 

@@ -202,6 +202,48 @@ class Tables:
         return self.out_bits[task][pred] * per_bit
 
 
+class Flat:
+    """An instance's subtasks by one global index g (task i's are ``first[i]`` to
+    ``first[i + 1] - 1``, its exit last), in flat lists: what code that walks every
+    subtask many times reads (the local search, the LP bound), where ``Tables``'s nested
+    lists would cost an index per level."""
+
+    def __init__(self, t: Tables) -> None:
+        first = [0]
+        for preds in t.preds:
+            first.append(first[-1] + len(preds))
+        self.first = first
+        self.task = [i for i, preds in enumerate(t.preds) for _ in preds]
+        self.preds = [[first[i] + p for p in ps] for i, preds in enumerate(t.preds) for ps in preds]
+        self.succs = [[first[i] + c for c in cs] for i, succs in enumerate(t.succs) for cs in succs]
+        self.sources = [
+            [first[i] + j for j, ps in enumerate(preds) if not ps]
+            for i, preds in enumerate(t.preds)
+        ]
+        self.options = [
+            [s for s in t.servers if t.supports(i, j, s)]
+            for i, preds in enumerate(t.preds)
+            for j in range(len(preds))
+        ]
+        # upload + compute: how long the subtask holds a slot of each server
+        self.duration = [
+            [up + comp for up, comp in zip(u, c, strict=True)]
+            for ups, comps in zip(t.upload, t.compute, strict=True)
+            for u, c in zip(ups, comps, strict=True)
+        ]
+        self.cost = [row for rows in t.cost for row in rows]
+        # moving a subtask's output between two edges, and between an edge and the cloud
+        self.edge_edge = [b * t.sec_per_bit_ee for bits in t.out_bits for b in bits]
+        self.edge_cloud = [b * t.sec_per_bit_ec for bits in t.out_bits for b in bits]
+        self.arrival = [t.arrival[i] for i in self.task]
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+    def exit(self, task: int) -> int:
+        return self.first[task + 1] - 1
+
+
 class Execution:
     """The system's state as subtasks are dispatched one by one, and the one statement of
     which dispatches are valid (``breaches``, ``violation``, ``valid``): the environment's

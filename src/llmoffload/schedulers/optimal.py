@@ -16,11 +16,12 @@ one; an unlimited cloud none); NoOverlap over optional intervals is added as a
 redundant constraint for propagation. Times are integers of ``resolution_s`` (1 us by
 default) and the weights gamma, 1 - gamma are rounded to 1/1000; the returned
 schedule is always the exact replay of the solver's dispatch sequence through
-the execution model, so only ``bound`` carries that rounding. CP-SAT starts
-from the best classic schedule (``heuristics.best_classic``) as a hint, and that is
-what comes back if the solver finds nothing better within its time limit. The
-lower bound is CP-SAT's or, where that is weaker (at scale often 0),
-``relaxed_bound``'s.
+the execution model, so only CP-SAT's bound carries that rounding. CP-SAT starts
+from the local search's schedule (``search.anneal``: best classic improved by 2000
+evaluations, seeded, so the same on any machine) as a hint, and that is what comes
+back if the solver finds nothing better within its time limit. The lower bound is
+the best of CP-SAT's (at scale often 0), the LP's (``bound.lp_bound``) and
+``bound.relaxed_bound``.
 
 CP-SAT runs a portfolio of 8 subsolvers (its default search, LNS neighbourhoods and
 others) interleaved in batches on a fixed schedule (``interleave_search``): its path
@@ -45,13 +46,16 @@ import numpy as np
 
 from llmoffload.model.execution import Dispatch, Schedule, Tables, evaluate
 from llmoffload.model.instance import Instance
-from llmoffload.schedulers.heuristics import best_classic
+from llmoffload.schedulers.bound import lp_bound, relaxed_bound
+from llmoffload.schedulers.search import Budget, anneal
 
 if TYPE_CHECKING:
     from ortools.sat.python import cp_model
 
 WEIGHT_SCALE = 1000
 PORTFOLIO = 8  # CP-SAT subsolvers, interleaved deterministically
+HINT = Budget(evaluations=2000)  # the local search that gives CP-SAT its start
+REACH = 1.5  # the LP bound's horizon: this many times the best schedule's makespan
 
 
 @dataclass(frozen=True)
@@ -76,31 +80,6 @@ def ancestors(preds: list[list[int]]) -> list[set[int]]:
     for pj in preds:
         anc.append(set(pj).union(*(anc[p] for p in pj)))
     return anc
-
-
-def relaxed_bound(t: Tables) -> float:
-    """A lower bound on any schedule's objective that needs no search: per task, gamma
-    times its critical path with every subtask on its fastest server (upload + compute;
-    the exit's download included; no transfers, no queueing) plus (1 - gamma) times the
-    sum of each subtask's cheapest cost. Each part bounds its term, so their sum bounds
-    the objective; it is what ``solve`` reports when CP-SAT's own bound is weaker."""
-    total = 0.0
-    for i, preds in enumerate(t.preds):
-        exit_ = len(preds) - 1
-        finish: list[float] = []
-        for j, pj in enumerate(preds):
-            where = [s for s in t.servers if t.supports(i, j, s)]
-            fastest = min(
-                t.upload[i][j][s] + t.compute[i][j][s] + (t.downlink[i][s] if j == exit_ else 0.0)
-                for s in where
-            )
-            finish.append(max((finish[p] for p in pj), default=0.0) + fastest)
-        cheapest = sum(
-            min(c for s, c in enumerate(row) if t.supports(i, j, s))
-            for j, row in enumerate(t.cost[i])
-        )
-        total += t.gamma * max(finish) + (1.0 - t.gamma) * cheapest
-    return total
 
 
 def solve(
@@ -196,7 +175,7 @@ def solve(
     terms.append(cw * sum(x[i, j, s] * round(t.cost[i][j][s] * ticks) for i, j, s in x))
     m.minimize(sum(terms))
 
-    hint = best_classic(instance, np.random.default_rng(0))
+    hint = anneal(instance, np.random.default_rng(0), HINT).order
     for key, var in x.items():
         m.add_hint(var, key in hint)
 
@@ -217,7 +196,9 @@ def solve(
         )
         found = evaluate(t, [d for *_, d in order])
         schedule = min(found, schedule, key=lambda sch: sch.objective)
-    bound = max(relaxed_bound(t), solver.best_objective_bound / (ticks * WEIGHT_SCALE))
+    horizon = REACH * max(r.end for r in schedule.runs)
+    cp_sat = solver.best_objective_bound / (ticks * WEIGHT_SCALE)
+    bound = max(relaxed_bound(t), lp_bound(instance, horizon), cp_sat)
     # With several slots the model picks each subtask's slot, the execution model the one
     # that frees first; replayed, a solution only gets earlier, which is no worse when
     # latency counts from arrival, but may lengthen a span (max EN - min ST).

@@ -12,21 +12,25 @@ from llmoffload.model.execution import Schedule, evaluate
 from llmoffload.model.instance import Instance
 from llmoffload.schedulers.heuristics import CLASSIC, Scheduler, best_classic, random_valid
 from llmoffload.schedulers.optimal import Solution, optimal, solve
+from llmoffload.schedulers.search import DEFAULT, Budget, anneal, search
 
 SCHEDULERS: dict[str, Scheduler] = {
     "random-valid": random_valid,
     **CLASSIC,
     "best-classic": best_classic,
+    "search": search,
     "optimal": optimal,
 }
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a policy produced; the CP-SAT solution too when the policy is 'optimal'."""
+    """What a policy produced; the CP-SAT solution too when the policy is 'optimal', the
+    evaluations made when it is 'search'."""
 
     schedule: Schedule
     solution: Solution | None = None
+    evaluations: int | None = None
 
     @property
     def proven(self) -> bool:
@@ -37,9 +41,10 @@ class Outcome:
 Policy = Callable[[Instance, np.random.Generator], Outcome]
 
 
-def classic(name: str, time_limit_s: float) -> Policy:
+def classic(name: str, time_limit_s: float, budget: Budget = DEFAULT) -> Policy:
     """The scheduler ``name`` of SCHEDULERS as a policy; Optimal within ``time_limit_s``
-    seconds (an unproven one is the best found, and may vary with load)."""
+    seconds (an unproven one is the best found, and may vary with load), the search
+    within ``budget``."""
     if name == "optimal":
 
         def solved(inst: Instance, rng: np.random.Generator) -> Outcome:
@@ -47,5 +52,12 @@ def classic(name: str, time_limit_s: float) -> Policy:
             return Outcome(solution.schedule, solution)
 
         return solved
+    if name == "search":
+
+        def searched(inst: Instance, rng: np.random.Generator) -> Outcome:
+            found = anneal(inst, rng, budget)
+            return Outcome(evaluate(inst, found.order), evaluations=found.evaluations)
+
+        return searched
     scheduler = SCHEDULERS[name]
     return lambda inst, rng: Outcome(evaluate(inst, scheduler(inst, rng)))
