@@ -25,7 +25,7 @@ from llmoffload.experiments.policies import resolve_policy
 from llmoffload.experiments.study import plan, scenario_of
 from llmoffload.experiments.study_report import read_study
 from llmoffload.experiments.training import held_out
-from llmoffload.experiments.worst import ratio, worst_case
+from llmoffload.experiments.worst import worst_case
 from llmoffload.files import write_text_atomic
 from llmoffload.model.scenario import load_scenario
 from llmoffload.schedulers.search import Budget
@@ -80,10 +80,8 @@ def main() -> None:
             )
             path = args.out / f"{name}-{a}-over-{b}.json"
             write_text_atomic(path, found.instance.dumps())
-            first = ratio(policies[a], policies[b], start)
-            rows.append(
-                [name, a, b, f"{first:.4f}", f"{found.ratio:.4f}", str(found.tried), str(path)]
-            )
+            ratios = [f"{found.start:.4f}", f"{found.ratio:.4f}"]
+            rows.append([name, a, b, *ratios, str(found.tried), str(path)])
     bar.close()
     print(f"search: {budget} evaluations; gnn-sched: the study's seed-0 runs, {args.study_out}")
     print(table(["scenario", "A", "B", "A/B at start", "worst A/B", "instances", "file"], rows))

@@ -24,7 +24,8 @@ def test_the_worst_case_is_seeded_and_reproduced_from_its_file(tmp_path: Path) -
     first = worst_case(start(), heft, best, np.random.default_rng(7), steps=12)
     again = worst_case(start(), heft, best, np.random.default_rng(7), steps=12)
     assert first.instance == again.instance and first.ratio == again.ratio
-    assert first.ratio >= ratio(heft, best, start()) and first.tried == 13
+    assert first.start == ratio(heft, best, start())
+    assert first.ratio >= first.start and first.tried == 13
     path = tmp_path / "worst.json"
     path.write_text(first.instance.dumps())
     assert ratio(heft, best, load_instance(path)) == pytest.approx(first.ratio, rel=1e-12)

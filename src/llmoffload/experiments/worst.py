@@ -27,10 +27,12 @@ HOT, COLD = 0.05, 0.002  # the temperature's ends, on the log-ratio scale
 
 @dataclass(frozen=True)
 class Worst:
-    """The worst instance found, A's objective over B's on it, and the instances tried."""
+    """The worst instance found, A's objective over B's on it and on the start, and the
+    instances tried."""
 
     instance: Instance
     ratio: float
+    start: float
     tried: int
 
 
@@ -83,6 +85,7 @@ def worst_case(
     """Anneal ``steps`` nudges from ``start``, keeping the instance where A is furthest
     above B; ``tick`` is called once a step (a progress bar's)."""
     current, score = start, math.log(ratio(a, b, start))
+    first = score
     best, best_score = current, score
     for step in range(steps):
         temperature = HOT * (COLD / HOT) ** (step / max(1, steps - 1))
@@ -93,4 +96,4 @@ def worst_case(
             if score > best_score:
                 best, best_score = current, score
         tick()
-    return Worst(best, math.exp(best_score), steps + 1)
+    return Worst(best, math.exp(best_score), math.exp(first), steps + 1)
