@@ -37,7 +37,7 @@ from llmoffload.marl.graph import GraphView
 from llmoffload.marl.imitation import agent_states, clone_actors
 from llmoffload.model.execution import evaluate
 from llmoffload.model.instance import load_instance, sample_instance
-from llmoffload.model.scenario import load_scenario, with_reward
+from llmoffload.model.scenario import Scenario, load_scenario, parse_scenario, with_reward
 from llmoffload.model.validate import check
 from llmoffload.schedulers.optimal import solve
 
@@ -216,3 +216,18 @@ def test_a_trained_run_schedules_from_the_command_line(tmp_path: Path) -> None:
     expected = evaluate(instance, trained_policy(run)(instance).order)
     assert shown["objective"] == pytest.approx(expected.objective)
     assert [tuple(d) for d in shown["order"]] == [tuple(d) for d in expected.order]
+    # trained with 4 servers, it plans a deployment of 13 (12 edges and a 2-slot cloud)
+    wide = sample_instance(twelve_edges(), np.random.default_rng(0), 8)
+    schedule = trained_policy(run)(wide)
+    check(wide, schedule)
+    assert len({r.server for r in schedule.runs}) > 4
+
+
+def twelve_edges() -> Scenario:
+    """contended with each of its three edges four times over."""
+    data = load_scenario("contended").model_dump(mode="json")
+    edges = [s for s in data["servers"] if s["kind"] == "edge"]
+    data["servers"] = [{**edges[k % 3], "name": f"edge-{k}"} for k in range(12)] + [
+        data["servers"][-1]
+    ]
+    return parse_scenario(data, "twelve edges")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from llmoffload.schedulers.bound import lp_bound, relaxed_bound
 from llmoffload.schedulers.optimal import REACH, solve
 from llmoffload.schedulers.registry import SCHEDULERS
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # CP-SAT works in 1 us ticks; a schedule's objective sums at most a few dozen
 # rounded durations per task, so 1e-5 bounds the rounding it can hide.
 TICK_SLOP = 1e-5
@@ -58,8 +62,10 @@ def exhaustive(instance: Instance) -> float:
 
 
 @st.composite
-def tiny_instances(draw: st.DrawFn) -> Instance:
-    """One or two tiny tasks on the paper's servers, in regimes where edges can win."""
+def tiny_instances(draw: st.DrawFn, limited: bool = False) -> Instance:
+    """One or two tiny tasks on the paper's servers, in regimes where edges can win;
+    ``limited``: the cloud has one slot, or two and latency from arrival (where the
+    model is exact)."""
     base = load_scenario("paper").model_dump()
     base["workflows"] = TINY_FLOWS
     base["workload"]["workflows"] = list(TINY_FLOWS)
@@ -67,13 +73,17 @@ def tiny_instances(draw: st.DrawFn) -> Instance:
     base["latency"] = draw(st.sampled_from(["span", "arrival"]))
     base["servers"][3]["usd_per_ghz"] = draw(st.sampled_from([0.03, 0.3, 3.0]))
     base["network"]["device_cloud_up_mbps"] = draw(st.sampled_from([0.5, 3.0, 30.0]))
+    if limited:
+        base["servers"][3]["slots"] = draw(st.sampled_from([1, 2]))
+        if base["servers"][3]["slots"] == 2:
+            base["latency"] = "arrival"
     scenario = Scenario.model_validate(base)
     tasks = draw(st.integers(1, 2))
     return sample_instance(scenario, np.random.default_rng(draw(st.integers(0, 2**32))), tasks)
 
 
 @settings(max_examples=25, deadline=None)
-@given(tiny_instances())
+@given(st.one_of(tiny_instances(), tiny_instances(limited=True)))
 def test_optimal_equals_exhaustive(instance: Instance) -> None:
     solution = solve(instance, time_limit_s=30)
     best = exhaustive(instance)
@@ -95,6 +105,26 @@ def test_optimal_beats_every_heuristic(seed: int, tasks: int, latency: str) -> N
     for name in (name for name in SCHEDULERS if name != "optimal"):
         order = SCHEDULERS[name](instance, np.random.default_rng(seed))
         assert solution.schedule.objective <= evaluate(instance, order).objective + TICK_SLOP
+
+
+def circuit_model() -> ModuleType:  # benchmarks/ is scripts, not a package
+    spec = importlib.util.spec_from_file_location("circuit_model", BENCHMARKS / "circuit_model.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("scenario", "seed"), [("paper", 0), ("paper", 1), ("contended", 2)])
+def test_the_interval_model_proves_the_optimum_the_circuit_model_proved(
+    scenario: str, seed: int
+) -> None:
+    """The model before issue 29's reformulation (benchmarks/circuit_model.py) and today's
+    prove the same optimum: the paper's scenario, and contended's two-slot cloud."""
+    instance = sample_instance(load_scenario(scenario), np.random.default_rng(seed), 3)
+    now, before = solve(instance, time_limit_s=30), circuit_model().solve(instance, 30)
+    assert now.proven and before.proven
+    assert now.schedule.objective == pytest.approx(before.schedule.objective, abs=TICK_SLOP)
 
 
 def test_optimal_uses_the_edge_when_it_pays() -> None:

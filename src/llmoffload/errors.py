@@ -7,8 +7,8 @@ import importlib
 
 # Each extra of pyproject.toml a command may need: what it gives, and the modules it brings.
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "learn": ("the learners", ("torch", "pettingzoo", "gymnasium", "tqdm", "filelock", "scipy")),
-    "runtime": ("the runtime", ("httpx", "fastapi", "uvicorn", "PIL", "scipy")),
+    "learn": ("the learners", ("torch", "pettingzoo", "gymnasium", "tqdm", "filelock")),
+    "runtime": ("the runtime", ("httpx", "fastapi", "uvicorn", "PIL")),
     "local": (
         "llama.cpp's server",
         ("llama_cpp", "gguf", "sse_starlette", "starlette_context", "pydantic_settings"),

@@ -516,10 +516,11 @@ def load_run(run: Path) -> tuple[dict[str, Any], Learner | Planner, OffloadEnv]:
 def check_fits(env: OffloadEnv, instance: Instance, any_size: bool = False) -> None:
     """Refuse an instance the run's networks cannot read: they are sized for the number
     of tasks, the servers, the modalities and the longest workflow it was trained on (a
-    planner, ``any_size``, reads any number of tasks and subtasks)."""
+    planner, ``any_size``, reads any number of tasks, subtasks and servers: only the
+    modalities fix its shapes)."""
     trained = sizes(len(env.possible_agents), env.scenario)
     given = sizes(len(instance.tasks), instance.scenario)
-    read = [k for k in trained if not (any_size and k == "tasks")]
+    read = [k for k in trained if not (any_size and k in ("tasks", "servers"))]
     differs = [f"{given[k]} {k}" for k in read if given[k] != trained[k]]
     longest = max(len(task.subtasks) for task in instance.tasks)
     if longest > env.layout.subtasks and not any_size:

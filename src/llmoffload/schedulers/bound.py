@@ -189,13 +189,15 @@ def lp_bound(instance: Instance, horizon: float | None = None, bins: int = BINS)
     for m in limited:
         for g in range(n):
             if m in on[g]:
-                ys = [(c, 1.0) for b in range(bins + 1) if (c := col.get(("y", g, m, b)))]
+                ys = [
+                    (c, 1.0) for b in range(bins + 1) if (c := col.get(("y", g, m, b))) is not None
+                ]
                 eq.add([*ys, (col["x", g, m], -duration[g][m])], 0.0)
         mach = ms[m]
         for b in range(bins):
             lo, hi = edges[b], edges[b + 1]
             busy = sum(min(max(free - lo, 0.0), hi - lo) for free in mach.busy)
-            ys = [(c, 1.0) for g in range(n) if (c := col.get(("y", g, m, b)))]
+            ys = [(c, 1.0) for g in range(n) if (c := col.get(("y", g, m, b))) is not None]
             if ys:
                 ub.add(ys, (mach.slots or 0) * (hi - lo) - busy)
     # mean busy time: sum_b lower edge * y / duration <= S + duration / 2, per subtask

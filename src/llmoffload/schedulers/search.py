@@ -26,6 +26,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,6 +73,26 @@ class Result:
     objective: float
     evaluations: int
     seconds: float
+
+
+class Move(NamedTuple):
+    """A neighbour: the sequence, the servers, the first position it changes, the total cost."""
+
+    seq: list[int]
+    place: list[int]
+    first: int
+    spent: float
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A move re-timed: its objective and the starts, ends and states it gives."""
+
+    move: Move
+    objective: float
+    start: list[float]
+    end: list[float]
+    state: list[tuple]
 
 
 class Sequence:
@@ -160,6 +181,25 @@ class Sequence:
             latency += end[exit_] - begun + t.downlink[i][place[exit_]]
         return t.gamma * latency + (1.0 - t.gamma) * spent
 
+    def time(self, move: Move) -> Timed:
+        """The move re-timed from its first changed position, this sequence unchanged."""
+        start, end, state = self.start[:], self.end[:], self.state[:]
+        objective = self.retime(move.seq, move.place, move.spent, move.first, start, end, state)
+        return Timed(move, objective, start, end, state)
+
+    def accept(self, timed: Timed) -> None:
+        """Make a re-timed move this sequence."""
+        move = timed.move
+        self.seq, self.place, self.spent = move.seq, move.place, move.spent
+        self.objective, self.start, self.end, self.state = (
+            timed.objective,
+            timed.start,
+            timed.end,
+            timed.state,
+        )
+        for q in range(move.first, len(move.seq)):
+            self.pos[move.seq[q]] = q
+
     def order(self) -> list[Dispatch]:
         f = self.flat
         return [Dispatch(f.task[g], g - f.first[f.task[g]], self.place[g]) for g in self.seq]
@@ -172,7 +212,6 @@ def anneal(instance: Instance, rng: np.random.Generator, budget: Budget = DEFAUL
     sq = Sequence(tables, best_classic(instance, rng))
     draw = random.Random(int(rng.integers(2**63)))
     best, best_order = sq.objective, sq.order()
-    n = len(sq.seq)
     scale = sq.objective / max(1, len(tables.preds))
     tries = evaluations = 0
     progress = 0.0
@@ -187,27 +226,22 @@ def anneal(instance: Instance, rng: np.random.Generator, budget: Budget = DEFAUL
                 break
         tries += 1
         temperature = scale * HOT * (COLD / HOT) ** progress
-        candidate = propose(sq, draw)
-        if candidate is None:
+        move = propose(sq, draw)
+        if move is None:
             continue
         evaluations += 1
-        seq, place, k, spent = candidate
-        start, end, state = sq.start[:], sq.end[:], sq.state[:]
-        objective = sq.retime(seq, place, spent, k, start, end, state)
-        delta = objective - sq.objective
-        if delta <= 0 or draw.random() < math.exp(-delta / temperature):
-            sq.seq, sq.place, sq.spent, sq.objective = seq, place, spent, objective
-            sq.start, sq.end, sq.state = start, end, state
-            for q in range(k, n):
-                sq.pos[seq[q]] = q
-            if objective < best - 1e-12:
-                best, best_order = objective, sq.order()
+        timed = sq.time(move)
+        delta = timed.objective - sq.objective
+        # uphill with probability exp(-delta / T); never at T = 0 (a start that costs 0)
+        if delta <= 0 or (temperature > 0 and draw.random() < math.exp(-delta / temperature)):
+            sq.accept(timed)
+            if timed.objective < best - 1e-12:
+                best, best_order = timed.objective, sq.order()
     return Result(best_order, best, evaluations, time.perf_counter() - began)
 
 
-def propose(sq: Sequence, draw: random.Random) -> tuple[list[int], list[int], int, float] | None:
-    """A neighbour: (sequence, servers, first changed position, total cost), or None when
-    the drawn subtask has nowhere else to go."""
+def propose(sq: Sequence, draw: random.Random) -> Move | None:
+    """A neighbour, or None when the drawn subtask has nowhere else to go."""
     if sq.movable and draw.random() < REASSIGN:
         g = sq.movable[draw.randrange(len(sq.movable))]
         old = sq.place[g]
@@ -215,7 +249,7 @@ def propose(sq: Sequence, draw: random.Random) -> tuple[list[int], list[int], in
         place = sq.place[:]
         place[g] = new
         cost = sq.flat.cost[g]
-        return sq.seq, place, sq.pos[g], sq.spent - cost[old] + cost[new]
+        return Move(sq.seq, place, sq.pos[g], sq.spent - cost[old] + cost[new])
     f = sq.flat
     g = draw.randrange(len(sq.seq))
     i = sq.pos[g]
@@ -228,7 +262,7 @@ def propose(sq: Sequence, draw: random.Random) -> tuple[list[int], list[int], in
     seq = sq.seq[:]
     del seq[i]
     seq.insert(q, g)
-    return seq, sq.place, min(i, q), sq.spent
+    return Move(seq, sq.place, min(i, q), sq.spent)
 
 
 def search(instance: Instance, rng: np.random.Generator) -> list[Dispatch]:
