@@ -1,26 +1,32 @@
 """The true optimum: CP-SAT over placement and the order on each server.
 
-Each subtask gets one start and, for every server that runs its modality, an optional
-interval of its duration there (upload plus compute) whose presence literal is "placed
-here". A predecessor's output reaches it at its end plus the transfer its placement
-implies, written as one conditional precedence per pair of placements (0 on the same
-server, the edge-edge or edge-cloud rate otherwise). Capacity: a NoOverlap over the
-intervals of a one-slot server, a Cumulative of capacity K over a K-slot one, nothing
-on an unlimited cloud; work queued before t = 0 (``busy_s``) is a fixed interval.
+Both formulations share the placement (a literal per subtask and server that runs its
+modality, exactly one true), one start and end per subtask (its duration there: upload
+plus compute), and the objective. They differ in how a server's order and the start
+rule are written, and each is used where it was measured strongest (docs/yardsticks.md):
 
-The execution model never idles on purpose: a subtask starts when its data is ready or
-when its slot frees, whichever is later. When latency counts from arrival, that costs
-nothing to drop: from any schedule the model allows, re-timing the same order as early
-as possible moves no start later (with K slots: fewer than K of the schedule's
-intervals hold the moment each starts, so a slot is free by then), and every T_i only
-grows with the ends. So there starts are free (>=), which is exact. When latency is the
-paper's ``max EN - min ST``, a later first start can shorten T_i, so each start is
-pinned: it must equal one of the times that could have released it, its arrival (a
-source), a predecessor's end plus the transfer (that placement pair), the end of
-another subtask on its server (adjacent there), or when a slot frees. With the
-NoOverlap this is exactly ``start = max(data ready, end of the previous subtask on its
-server)``. With K slots and span latency the execution model takes the slot that frees
-first, which pins do not capture: there a solution is replayed and not called proven.
+- ``intervals``, when latency counts from arrival: an optional interval per subtask and
+  server, a NoOverlap over a one-slot server's, a Cumulative of capacity K over a K-slot
+  one's, nothing on an unlimited cloud; work queued before t = 0 (``busy_s``) a fixed
+  interval; the transfer a conditional precedence per pair of placements (0 on the same
+  server, the edge-edge or edge-cloud rate otherwise). Starts are free (>=). That is
+  exact here though the execution model never idles on purpose: from any solution,
+  re-timing the same order as early as possible moves no end later (with K slots, fewer
+  than K of the solution's intervals hold the instant each subtask starts, so a slot is
+  free by then), and T_i = max EN - arrival only grows with the ends.
+- ``circuits``, under the paper's span latency (max EN - min ST), where a later first
+  start could shorten T_i, so every start is pinned exactly::
+
+      start = max(data-ready time WT (never before the task arrives),
+                  end of the previous subtask in its slot, or when the slot
+                  frees (the instance's ``busy_s``, else 0) for its first)
+
+  with each slot's order given by a circuit (AddCircuit) over the subtasks placed there
+  (an edge has one slot; a cloud with K slots K circuits, each subtask in one; an
+  unlimited cloud none) and NoOverlap as a redundant constraint. With K > 1 slots the
+  model picks each subtask's slot, the execution model the one that frees first: the
+  solution replayed only gets earlier, which is no worse under arrival latency but may
+  lengthen a span, so there it is not called proven.
 
 Times are integers of ``resolution_s`` (1 us by default) and the weights gamma, 1 - gamma
 are rounded to 1/1000; the returned schedule is always the exact replay of the solver's
@@ -95,8 +101,10 @@ def ancestors(preds: list[list[int]]) -> list[set[int]]:
 
 
 class Model:
-    """The CP-SAT model of one instance (see the module's doc): ``x`` places, ``start``
-    and ``end`` time, in integer ticks."""
+    """What both formulations share (see the module's doc): ``x`` places, ``start`` and
+    ``end`` time, in integer ticks; ``constrain`` writes the order and the start rule."""
+
+    exact: bool  # whether its optimum is the execution model's, on this instance
 
     def __init__(self, t: Tables, resolution_s: float) -> None:
         from ortools.sat.python import cp_model
@@ -105,7 +113,7 @@ class Model:
         self.ticks = 1.0 / resolution_s
         self.m = m = cp_model.CpModel()
         self.subtasks = [(i, j) for i, preds in enumerate(t.preds) for j in range(len(preds))]
-        where = {k: [s for s in t.servers if t.supports(*k, s)] for k in self.subtasks}
+        self.where = where = {k: [s for s in t.servers if t.supports(*k, s)] for k in self.subtasks}
         self.dur = {
             ((i, j), s): max(1, self.tick(t.upload[i][j][s] + t.compute[i][j][s]))
             for i, j in self.subtasks
@@ -113,7 +121,7 @@ class Model:
         }
         self.arrival = [self.tick(a) for a in t.arrival]
         self.busy = [[self.tick(b) for b in times] for times in t.busy]
-        horizon = (
+        self.horizon = horizon = (
             max(self.arrival + [b for times in self.busy for b in times])
             + sum(max(self.dur[k, s] for s in where[k]) for k in self.subtasks)
             + sum(self.tick(b * t.sec_per_bit_ec) + 1 for out in t.out_bits for b in out)
@@ -123,80 +131,27 @@ class Model:
             k: m.new_int_var(self.arrival[k[0]], horizon, f"st{k}") for k in self.subtasks
         }
         self.end = {k: m.new_int_var(0, horizon, f"en{k}") for k in self.subtasks}
-        # the times that may release each subtask (pinned starts: one must hold)
-        self.releases: dict[Subtask, list[cp_model.IntVar]] = {k: [] for k in self.subtasks}
-        self.pinned = not t.from_arrival
         for k in self.subtasks:
             m.add_exactly_one(self.x[k, s] for s in where[k])
             m.add(
                 self.end[k] == self.start[k] + sum(self.x[k, s] * self.dur[k, s] for s in where[k])
             )
-            if not t.preds[k[0]][k[1]]:
-                self.release(k, self.arrival[k[0]])
-        self.precedence(where)
-        self.capacity(where)
-        if self.pinned:
-            for lits in self.releases.values():
-                m.add_bool_or(lits)
-        self.objective(where, horizon)
+        self.constrain()
+        self.objective()
 
     def tick(self, seconds: float) -> int:
         return round(seconds * self.ticks)
 
-    def release(self, k: Subtask, at: cp_model.LinearExprT, *given: cp_model.IntVar) -> None:
-        """Where starts are pinned: ``k`` may start exactly at ``at`` when ``given`` hold."""
-        if not self.pinned:
-            return
-        lit = self.m.new_bool_var("")
-        for g in given:
-            self.m.add_implication(lit, g)
-        self.m.add(self.start[k] == at).only_enforce_if(lit)
-        self.releases[k].append(lit)
+    def constrain(self) -> None:
+        raise NotImplementedError
 
-    def precedence(self, where: dict[Subtask, list[int]]) -> None:
-        """Data ready: a predecessor's end plus the transfer between their two servers."""
-        t, x, start, end = self.t, self.x, self.start, self.end
-        for i, j in self.subtasks:
-            for p in t.preds[i][j]:
-                self.m.add(start[i, j] >= end[i, p])
-                for a in where[i, p]:
-                    for b in where[i, j]:
-                        at = end[i, p] + self.tick(t.transfer(i, p, a, b))
-                        both = x[(i, p), a], x[(i, j), b]
-                        self.m.add(start[i, j] >= at).only_enforce_if(*both)
-                        self.release((i, j), at, *both)
+    def interval(self, k: Subtask, s: int) -> cp_model.IntervalVar:
+        """``k``'s run on ``s``, present when it is placed there."""
+        return self.m.new_optional_fixed_size_interval_var(
+            self.start[k], self.dur[k, s], self.x[k, s], f"on{k}{s}"
+        )
 
-    def capacity(self, where: dict[Subtask, list[int]]) -> None:
-        """At most K subtasks at once on a K-slot server; a pinned start may follow the end
-        of another subtask there (not one of its descendants) or a slot's queued work."""
-        t, m = self.t, self.m
-        anc = [ancestors(preds) for preds in t.preds]
-        for s in t.servers:
-            here = [k for k in self.subtasks if s in where[k]]
-            slots = t.slots[s]
-            if slots is None or not here:
-                continue
-            intervals = [
-                m.new_optional_fixed_size_interval_var(
-                    self.start[k], self.dur[k, s], self.x[k, s], f"on{k}{s}"
-                )
-                for k in here
-            ]
-            intervals += [m.new_fixed_size_interval_var(0, b, "") for b in self.busy[s] if b > 0]
-            if slots == 1:
-                m.add_no_overlap(intervals)
-            else:
-                m.add_cumulative(intervals, [1] * len(intervals), slots)
-            for k in here:
-                on = self.x[k, s]
-                for b in self.busy[s]:
-                    if b > 0:
-                        self.release(k, b, on)
-                for e in here:
-                    if e != k and not (e[0] == k[0] and k[1] in anc[k[0]][e[1]]):
-                        self.release(k, self.end[e], on, self.x[e, s])
-
-    def objective(self, where: dict[Subtask, list[int]], horizon: int) -> None:
+    def objective(self) -> None:
         """sum_i gamma T_i + (1 - gamma) Cost_i, T_i = max EN - min ST (or arrival) + download."""
         t, m, x = self.t, self.m, self.x
         gw = round(t.gamma * WEIGHT_SCALE)
@@ -205,11 +160,12 @@ class Model:
             last = len(preds) - 1
             first: cp_model.LinearExprT = self.arrival[i]
             if not t.from_arrival:
-                first = m.new_int_var(0, horizon, f"first{i}")
+                first = m.new_int_var(0, self.horizon, f"first{i}")
                 m.add_min_equality(
                     first, [self.start[i, j] for j, pj in enumerate(preds) if not pj]
                 )
-            downlink = sum(x[(i, last), s] * self.tick(t.downlink[i][s]) for s in where[i, last])
+            tail = self.where[i, last]
+            downlink = sum(x[(i, last), s] * self.tick(t.downlink[i][s]) for s in tail)
             terms.append(gw * (self.end[i, last] - first + downlink))
         cost = sum(var * round(t.cost[i][j][s] * self.ticks) for ((i, j), s), var in x.items())
         m.minimize(sum(terms) + (WEIGHT_SCALE - gw) * cost)
@@ -225,17 +181,143 @@ class Model:
         return [d for *_, d in placed]
 
 
+class Intervals(Model):
+    """Free starts, conditional precedence, NoOverlap or Cumulative: exact under arrival
+    latency, a relaxation (a lower bound) under span latency."""
+
+    def constrain(self) -> None:
+        t, m, x, start, end = self.t, self.m, self.x, self.start, self.end
+        self.exact = t.from_arrival
+        for i, j in self.subtasks:
+            for p in t.preds[i][j]:
+                m.add(start[i, j] >= end[i, p])
+                for a in self.where[i, p]:
+                    for b in self.where[i, j]:
+                        at = end[i, p] + self.tick(t.transfer(i, p, a, b))
+                        m.add(start[i, j] >= at).only_enforce_if(x[(i, p), a], x[(i, j), b])
+        for s in t.servers:
+            here = [k for k in self.subtasks if s in self.where[k]]
+            slots = t.slots[s]
+            if slots is None or not here:
+                continue
+            intervals = [self.interval(k, s) for k in here]
+            intervals += [m.new_fixed_size_interval_var(0, b, "") for b in self.busy[s] if b > 0]
+            if slots == 1:
+                m.add_no_overlap(intervals)
+            else:
+                m.add_cumulative(intervals, [1] * len(intervals), slots)
+
+
+class Circuits(Model):
+    """Pinned starts, start = max(WT, prev), each slot's order a circuit: exact under
+    either latency with one-slot servers, and under arrival latency with any."""
+
+    def constrain(self) -> None:
+        t, m, x, start = self.t, self.m, self.x, self.start
+        self.exact = t.from_arrival or all(k is None or k == 1 for k in t.slots)
+        horizon, where = self.horizon, self.where
+        self.prev = prev = {k: m.new_int_var(0, horizon, f"prev{k}") for k in self.subtasks}
+        for i, j in self.subtasks:
+            # Data-ready time WT: predecessor's end plus the transfer its placement implies.
+            ready = []
+            for p in t.preds[i][j]:
+                both = {
+                    s: together(m, x[(i, p), s], x[(i, j), s])
+                    for s in where[i, p]
+                    if s in where[i, j]
+                }
+                t_ee = self.tick(t.out_bits[i][p] * t.sec_per_bit_ee)
+                t_ec = self.tick(t.out_bits[i][p] * t.sec_per_bit_ec)
+                # 0 on the same server, t_ec when exactly one end is the cloud, else t_ee.
+                on_cloud = [x.get(((i, q), t.cloud), 0) for q in (p, j)]
+                cloud_hop = sum(on_cloud) - 2 * both.get(t.cloud, 0)
+                ready.append(
+                    self.end[i, p] + t_ee - t_ee * sum(both.values()) + (t_ec - t_ee) * cloud_hop
+                )
+            wt = m.new_int_var(0, horizon, f"wt{i}_{j}")
+            m.add_max_equality(wt, ready or [self.arrival[i]])
+            m.add_max_equality(start[i, j], [wt, prev[i, j]])
+            for s in where[i, j]:
+                if t.slots[s] is None:
+                    m.add(prev[i, j] == 0).only_enforce_if(x[(i, j), s])
+        # Each slot of a limited server runs its subtasks in one order: a circuit through a
+        # depot node 0. A server with K slots gets K circuits; each subtask placed there
+        # takes exactly one of them.
+        anc = [ancestors(preds) for preds in t.preds]
+        for s in t.servers:
+            here = [k for k in self.subtasks if s in where[k]]
+            slots = t.slots[s]
+            if slots is None or not here:
+                continue
+            lit = {(k, 0): x[k, s] for k in here}
+            if slots > 1:
+                lit = {(k, q): m.new_bool_var(f"y{k}{s}{q}") for k in here for q in range(slots)}
+                for k in here:
+                    m.add(sum(lit[k, q] for q in range(slots)) == x[k, s])
+            for q in range(slots):
+                self.circuit([(k, lit[k, q]) for k in here], s, self.busy[s][q], anc)
+
+    def circuit(
+        self,
+        members: list[tuple[Subtask, cp_model.IntVar]],
+        server: int,
+        free: int,
+        anc: list[list[set[int]]],
+    ) -> None:
+        """One slot's order: a circuit through a depot over the subtasks whose literal is
+        true; each starts no earlier than the end of the one before it (``prev``), the
+        first no earlier than the slot frees (``free``: work queued before t = 0)."""
+        m, prev = self.m, self.prev
+        empty = m.new_bool_var("")
+        arcs: list[tuple[int, int, cp_model.BoolVarT]] = [(0, 0, empty)]
+        intervals = []
+        for a, ((i, j), here) in enumerate(members, start=1):
+            m.add_implication(here, empty.Not())
+            arcs.append((a, a, here.Not()))
+            first = m.new_bool_var("")
+            arcs += [(0, a, first), (a, 0, m.new_bool_var(""))]
+            m.add(prev[i, j] == free).only_enforce_if(first)
+            intervals.append(
+                m.new_optional_fixed_size_interval_var(
+                    self.start[i, j], self.dur[(i, j), server], here, ""
+                )
+            )
+            for b, ((i2, j2), _) in enumerate(members, start=1):
+                if a == b or (i == i2 and j2 in anc[i][j]):
+                    continue
+                follows = m.new_bool_var("")
+                arcs.append((a, b, follows))
+                m.add(prev[i2, j2] == self.end[i, j]).only_enforce_if(follows)
+        m.add_circuit(arcs)
+        m.add_no_overlap(intervals)
+
+
+FORMULATIONS: dict[str, type[Model]] = {"intervals": Intervals, "circuits": Circuits}
+
+
+def together(m: cp_model.CpModel, a: cp_model.IntVar, b: cp_model.IntVar) -> cp_model.IntVar:
+    """A literal equal to a AND b: both subtasks on the same server."""
+    both = m.new_bool_var("")
+    m.add_implication(both, a)
+    m.add_implication(both, b)
+    m.add_bool_or([a.Not(), b.Not(), both])
+    return both
+
+
 def solve(
     instance: Instance,
     time_limit_s: float = 10.0,
     resolution_s: float = 1e-6,
+    formulation: str | None = None,
 ) -> Solution:
-    """Minimise sum_i gamma T_i + (1 - gamma) Cost_i over all dispatch sequences."""
+    """Minimise sum_i gamma T_i + (1 - gamma) Cost_i over all dispatch sequences, with
+    ``formulation`` (default: intervals under arrival latency, circuits under span)."""
     from ortools.sat.python import cp_model
 
     began = time.perf_counter()
     t = Tables(instance)
-    model = Model(t, resolution_s)
+    chosen = formulation or ("intervals" if t.from_arrival else "circuits")
+    model = FORMULATIONS[chosen](t, resolution_s)
     hint = anneal(instance, np.random.default_rng(0), HINT).order
     placed = {((d.task, d.subtask), d.server) for d in hint}
     for key, var in model.x.items():
@@ -254,8 +336,7 @@ def solve(
     cp_sat = solver.best_objective_bound / (model.ticks * WEIGHT_SCALE)
     horizon = REACH * max(r.end for r in schedule.runs)
     bound = max(lower_bound(instance, horizon), cp_sat)
-    exact = t.from_arrival or all(k is None or k == 1 for k in t.slots)
-    proven = status == cp_model.OPTIMAL and exact
+    proven = status == cp_model.OPTIMAL and model.exact
     return Solution(schedule, bound, proven, time.perf_counter() - began)
 
 
