@@ -11,6 +11,8 @@ import asyncio
 import itertools
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -449,6 +451,22 @@ def test_commands_refuse_bad_input_in_one_line(deployment: Path, tmp_path: Path)
         assert_one_line_error(
             cli("serve", "--deployment", deployment, "--port", port), "cannot listen on"
         )
+
+
+def test_serve_says_where_it_listens_once_it_does(deployment: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "llmoffload", "serve", "--deployment", str(deployment)]
+    server = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # printed once the socket listens
+        assert f"on http://127.0.0.1:{port}" in line and "heft" in line
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_calibrate_command_writes_a_scenario_that_loads(deployment: Path, tmp_path: Path) -> None:

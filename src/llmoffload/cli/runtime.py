@@ -223,7 +223,19 @@ def serve_cmd(
         bound, planner(policy, bound), capacity, timeout_s=timeout, together=plan == "together"
     )
     check_free(host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    class Announced(uvicorn.Server):
+        """uvicorn's server, saying where it listens once it does (its own log is off)."""
+
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                typer.echo(
+                    f"serving {deployment} with {policy} on http://{host}:{port} "
+                    f"(POST /v1/requests, GET /health); Ctrl+C stops it",
+                )
+
+    Announced(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
 
 
 def deployment_validate_cmd(file: Annotated[Path, typer.Argument(metavar="FILE")]) -> None:
