@@ -184,6 +184,12 @@ TRAIN_CASES = [
     (["--force"], "holds files no run writes (notes.txt)", make_dir_with("notes.txt")),
     ([], "is a symbolic link", make_link),
     ([], "not a directory", os.mkfifo),
+    (
+        ["--algo", "gnn-sched", "--init", "none", "--set", "init=bc"],
+        "--init none and --set init=bc disagree",
+        None,
+    ),
+    (["--algo", "cs-ucb", "--init", "bc"], "--init: cs-ucb has no warm start", None),
 ]
 
 

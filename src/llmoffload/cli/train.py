@@ -102,7 +102,10 @@ def train_cmd(
     )
 
     overrides = parse_settings(settings or [])
-    config = make_config(algo, {**overrides, **({"init": init} if init else {})}, protocol)
+    if init is not None:
+        check_init(algo, init, overrides)
+        overrides["init"] = init
+    config = make_config(algo, overrides, protocol)
     sc = load_scenario(scenario)
     sc = with_reward(sc, reward) if reward else sc
     lockstep = lockstep or LOCKSTEP
@@ -124,6 +127,18 @@ def train_cmd(
         f"trained {algo} for {episodes} episodes on {sc.name} (seed {seed}); "
         f"mean reward of the last {len(tail)}: {mean:.2f}; wrote {out}/"
     )
+
+
+def check_init(algo: str, init: str, overrides: dict[str, str]) -> None:
+    """``--init`` is ``--set init=``: refuse both given differently, or a learner without
+    a warm start, naming the flag the user typed."""
+    from llmoffload.marl.ranges import settings_of
+    from llmoffload.marl.registry import LEARNERS
+
+    if overrides.get("init", init) != init:
+        raise OffloadError(f"--init {init} and --set init={overrides['init']} disagree: give one")
+    if algo in LEARNERS and "init" not in settings_of(LEARNERS[algo].config):
+        raise OffloadError(f"--init: {algo} has no warm start (it never clones the expert)")
 
 
 def parse_settings(settings: list[str]) -> dict[str, str]:
