@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -317,6 +319,21 @@ def test_evaluate(bad_run: tuple[Path, str]) -> None:
     run, fragment = bad_run
     before = state(run)
     assert_refused(llmoffload("evaluate", run, "--episodes", 1), fragment, run, before)
+
+
+def test_evaluate_says_what_its_defaults_cost_before_it_starts(
+    tmp_path: Path, good_run: Path
+) -> None:
+    """20 held-out instances and Optimal at 2 s by default (the study's), and a line saying
+    how long Optimal alone may take, before the bar."""
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    result = llmoffload("evaluate", run, "--episodes", 3, "--time-limit", 0.5)
+    assert result.returncode == 0, result.stderr
+    assert "3 held-out instances" in result.stderr and "up to 0.5 s" in result.stderr
+    assert "Optimal alone up to 2 s" in result.stderr  # 3 x 0.5 s
+    shown = llmoffload("evaluate", "--help").stdout
+    assert re.search(r"--episodes.*default: 20", shown) and re.search(r"default: 2\.0", shown)
 
 
 def test_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path, good_run: Path) -> None:

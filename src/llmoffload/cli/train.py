@@ -153,10 +153,10 @@ def parse_settings(settings: list[str]) -> dict[str, str]:
 
 def evaluate_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A directory 'train' wrote.")],
-    episodes: Annotated[int, typer.Option(min=1, help="Held-out episodes.")] = 200,
+    episodes: Annotated[int, typer.Option(min=1, help="Held-out episodes.")] = 20,
     time_limit: Annotated[
         float, typer.Option(min=0.001, help="CP-SAT time limit per instance, seconds.")
-    ] = 10.0,
+    ] = 2.0,
 ) -> None:
     """Greedy policy on held-out instances, beside HEFT, the search at equal and ten times
     the policy's planning time, Optimal and the lower bound; writes evaluation.csv."""
@@ -164,6 +164,13 @@ def evaluate_cmd(
     from llmoffload.experiments.training import evaluate_run, load_run  # torch only when asked
 
     load_run(run)  # a clear error before any work if the run is missing
+    most = episodes * time_limit
+    typer.echo(
+        f"{episodes} held-out instances, each planned by the run, the search (at its time and "
+        f"10x), HEFT and Optimal (up to {time_limit:g} s): Optimal alone up to "
+        + (f"{most:.0f} s" if most < 120 else f"{most / 60:.1f} min"),
+        err=True,
+    )
     rows = evaluate_run(run, episodes, time_limit)
     typer.echo(
         f"{run}: {episodes} held-out episodes in evaluation mode (no exploration, no learning)"
