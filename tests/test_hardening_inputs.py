@@ -83,6 +83,34 @@ def test_instance_with_a_billion_tasks(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["calibrate", "--deployment", "x", "--out", "c", "--rounds", 10**20], "--rounds"),
+        (["train", "--episodes", 10**7, "--out", "run"], "--episodes"),
+        (["evaluate", "run", "--time-limit", 1e9], "--time-limit"),
+        (["reproduce", "--seeds", 10**6, "--out", "sweep"], "--seeds"),
+        (["serve", "--deployment", "x.yaml", "--capacity", 10**9], "--capacity"),
+        (["schedule", "i.json", "--time-limit", 1e12], "--time-limit"),
+    ],
+    ids=["rounds", "episodes", "time-limit", "seeds", "capacity", "schedule time-limit"],
+)
+def test_every_count_has_an_upper_end(args: list[object], option: str, tmp_path: Path) -> None:
+    """``cli/limits.py``: past its upper end an option is refused in one line, at once,
+    before anything is read or written."""
+    result = subprocess.run(
+        [str(LLMOFFLOAD), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert_refused(result, f"'{option}'")
+    assert "less than or equal to" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- instances (schedule) ---------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from llmoffload.cli.limits import bounds
 from llmoffload.cli.train import LOCKSTEP_HELP, PROTOCOL_HELP
 from llmoffload.errors import OffloadError, require
 
@@ -29,9 +30,12 @@ def reproduce_cmd(
             "(--study beyond: 2 seeds, 50 episodes, 5 held-out)."
         ),
     ] = False,
-    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds 0..K-1 (default 3).")] = None,
+    seeds: Annotated[
+        int | None, typer.Option(**bounds("seeds"), help="Seeds 0..K-1 (default 3).")
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Local worker processes (default: every core).")
+        int | None,
+        typer.Option(**bounds("workers"), help="Local worker processes (default: every core)."),
     ] = None,
     ray: Annotated[
         str | None, typer.Option(help="Run the runs as tasks on this Ray cluster (host:port).")
@@ -53,16 +57,17 @@ def reproduce_cmd(
     episodes: Annotated[
         int | None,
         typer.Option(
-            min=1,
+            **bounds("episodes"),
             help="Training episodes per run (default 700, with --quick 50; --study beyond: "
             "700, on contended 190, with --quick 50).",
         ),
     ] = None,
     eval_episodes: Annotated[
-        int | None, typer.Option(min=1, help="Held-out instances per run.")
+        int | None, typer.Option(**bounds("episodes"), help="Held-out instances per run.")
     ] = None,
     time_limit: Annotated[
-        float | None, typer.Option(min=0.001, help="CP-SAT seconds per held-out instance.")
+        float | None,
+        typer.Option(**bounds("time_limit"), help="CP-SAT seconds per held-out instance."),
     ] = None,
     method: Annotated[
         list[str] | None,
@@ -90,7 +95,7 @@ def reproduce_cmd(
             f"{PROTOCOL_HELP}"
         ),
     ] = None,
-    lockstep: Annotated[int | None, typer.Option(min=1, help=LOCKSTEP_HELP)] = None,
+    lockstep: Annotated[int | None, typer.Option(**bounds("lockstep"), help=LOCKSTEP_HELP)] = None,
 ) -> None:
     """Reproduce the paper's Figs. 4-9, or run the study beyond it: every run cached;
     figures and REPORT.md (and the figures' CSVs for the paper)."""

@@ -23,6 +23,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
+from llmoffload.cli.limits import bounds
 from llmoffload.display import table
 from llmoffload.errors import OffloadError, require
 from llmoffload.files import write_text_atomic
@@ -127,7 +128,10 @@ def calibrate_cmd(
     deployment: DeploymentOption,
     out: Annotated[Path, typer.Option("--out", help="Scenario YAML to write.")],
     rounds: Annotated[
-        int, typer.Option(min=1, help="Calls per endpoint, prompt length and output length.")
+        int,
+        typer.Option(
+            **bounds("rounds"), help="Calls per endpoint, prompt length and output length."
+        ),
     ] = 3,
     compute: Annotated[
         str,
@@ -136,7 +140,9 @@ def calibrate_cmd(
             "times; cycles: fit its clock (the paper's model)."
         ),
     ] = "tokens",
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the probe prompts' words.")] = 0,
+    seed: Annotated[
+        int, typer.Option(**bounds("seed"), help="Seed of the probe prompts' words.")
+    ] = 0,
 ) -> None:
     """Measure every endpoint and write a scenario whose server timings fit them."""
     require("runtime", "calibrate")
@@ -195,11 +201,14 @@ def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     capacity: Annotated[
-        int, typer.Option(min=1, help="Requests admitted at once; one more gets 503.")
+        int,
+        typer.Option(**bounds("capacity"), help="Requests admitted at once; one more gets 503."),
     ] = 8,
     timeout: Annotated[
         float,
-        typer.Option(min=0.001, help="Seconds a request may run; then 504, its calls cancelled."),
+        typer.Option(
+            **bounds("timeout"), help="Seconds a request may run; then 504, its calls cancelled."
+        ),
     ] = 120.0,
     plan: Annotated[
         str,

@@ -10,6 +10,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from llmoffload.cli.limits import bounds
 from llmoffload.display import table
 from llmoffload.files import write_text_atomic
 from llmoffload.model.instance import sample_instance
@@ -148,7 +149,7 @@ def scenario_validate(
 def instance_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")],
     scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
-    seed: Annotated[int, typer.Option(min=0, help="Seed of numpy's default_rng.")] = 0,
+    seed: Annotated[int, typer.Option(**bounds("seed"), help="Seed of numpy's default_rng.")] = 0,
     tasks: Annotated[
         int | None, typer.Option(min=1, help="Tasks to draw (default: the scenario's).")
     ] = None,

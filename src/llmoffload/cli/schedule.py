@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from llmoffload.cli.limits import bounds
 from llmoffload.display import table
 from llmoffload.experiments.policies import resolve_policy
 from llmoffload.files import check_output
@@ -122,13 +123,14 @@ def schedule_cmd(
     policy: Annotated[
         str, typer.Option(help=f"One of: {', '.join(SCHEDULERS)}, or a trained run directory.")
     ],
-    seed: Annotated[int, typer.Option(min=0, help="Seed of numpy's default_rng.")] = 0,
+    seed: Annotated[int, typer.Option(**bounds("seed"), help="Seed of numpy's default_rng.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     gantt: Annotated[
         Path | None, typer.Option(help="Also draw a Gantt chart (.png, .pdf or .svg).")
     ] = None,
     time_limit: Annotated[
-        float, typer.Option(min=0.001, help="CP-SAT time limit in seconds (optimal only).")
+        float,
+        typer.Option(**bounds("time_limit"), help="CP-SAT time limit in seconds (optimal only)."),
     ] = 10.0,
     budget: Annotated[
         str,

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 from typer.core import TyperCommand, TyperOption
 
+from llmoffload.cli.limits import bounds
 from llmoffload.display import table
 from llmoffload.errors import OffloadError, require
 from llmoffload.model.scenario import load_scenario, with_reward
@@ -16,7 +17,6 @@ from llmoffload.model.scenario import load_scenario, with_reward
 if TYPE_CHECKING:  # Typer vendors click: its commands take this Context
     from typer._click.core import Context
 
-MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
 
 LOCKSTEP_HELP = (
     "Training episodes played at once, one forward of the networks for all (default 1: "
@@ -61,9 +61,11 @@ def train_cmd(
         typer.Option(help=f"A learner: {LEARNERS_HELP}."),
     ] = "ucb-coma",
     scenario: Annotated[str, typer.Option(help="Built-in name or YAML file.")] = "paper",
-    episodes: Annotated[int, typer.Option(min=1, help="Training episodes (paper: 700).")] = 700,
+    episodes: Annotated[
+        int, typer.Option(**bounds("episodes"), help="Training episodes (paper: 700).")
+    ] = 700,
     seed: Annotated[
-        int, typer.Option(min=0, max=MAX_SEED, help="Seed every random draw flows from.")
+        int, typer.Option(**bounds("seed"), help="Seed every random draw flows from.")
     ] = 0,
     failure_prob: Annotated[
         float, typer.Option(help="Per-step probability that an edge is down, in [0, 1).")
@@ -75,7 +77,7 @@ def train_cmd(
         list[str] | None,
         typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable)."),
     ] = None,
-    lockstep: Annotated[int | None, typer.Option(min=1, help=LOCKSTEP_HELP)] = None,
+    lockstep: Annotated[int | None, typer.Option(**bounds("lockstep"), help=LOCKSTEP_HELP)] = None,
     reward: Annotated[
         str | None,
         typer.Option(help="Reward form: paper or objective (default: the scenario's)."),
@@ -87,7 +89,10 @@ def train_cmd(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Processes solving the expert's instances (init bc).")
+        int,
+        typer.Option(
+            **bounds("workers"), help="Processes solving the expert's instances (init bc)."
+        ),
     ] = 2,
     force: Annotated[
         bool, typer.Option(help="Clear an earlier run's files from --out first.")
@@ -153,9 +158,9 @@ def parse_settings(settings: list[str]) -> dict[str, str]:
 
 def evaluate_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A directory 'train' wrote.")],
-    episodes: Annotated[int, typer.Option(min=1, help="Held-out episodes.")] = 20,
+    episodes: Annotated[int, typer.Option(**bounds("episodes"), help="Held-out episodes.")] = 20,
     time_limit: Annotated[
-        float, typer.Option(min=0.001, help="CP-SAT time limit per instance, seconds.")
+        float, typer.Option(**bounds("time_limit"), help="CP-SAT time limit per instance, seconds.")
     ] = 2.0,
 ) -> None:
     """Greedy policy on held-out instances, beside HEFT, the search at equal and ten times
