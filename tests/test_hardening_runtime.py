@@ -26,7 +26,7 @@ from typer.testing import CliRunner, Result
 
 from llmoffload.cli.app import app as main_app
 from llmoffload.runtime.deployment import load_deployment
-from llmoffload.runtime.executor import planner
+from llmoffload.runtime.executor import planner, refusal
 from llmoffload.runtime.local import free_port, serve_app
 from llmoffload.runtime.service import MAX_BODY_BYTES, create_app
 
@@ -124,6 +124,40 @@ def test_whitespace_text_is_refused_alike_by_run_and_serve(deployment: Path) -> 
     assert reply.status_code == 422
     (error,) = reply.json()["detail"]
     assert error["loc"] == ["body", "text"] and rule in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (
+            422,
+            {
+                "detail": [
+                    {
+                        "loc": ["body", "messages", 1, "content"],
+                        "msg": "Input should be a valid string",
+                        "type": "string_type",
+                    }
+                ]
+                * 15
+            },
+            "refused body.messages.1.content: Input should be a valid string (and 14 more)",
+        ),
+        (400, {"error": {"message": "no audio\n here", "type": "x"}}, "no audio here"),
+        (503, {"detail": "loading model"}, "loading model"),
+        (500, "<html> oops\n</html>", "<html> oops </html>"),
+    ],
+    ids=["validation errors", "openai error", "detail", "not json"],
+)
+def test_a_servers_refusal_is_one_line(status: int, body: object, said: str) -> None:
+    """What an endpoint refused, as ``run`` and the trace show it: one line, not a cut-off
+    dump of a llama.cpp server's 15 validation errors."""
+    made = (
+        httpx.Response(status, text=body)
+        if isinstance(body, str)
+        else httpx.Response(status, json=body)
+    )
+    assert refusal(made) == said
 
 
 def test_a_bad_payload_is_refused_without_echoing_it(deployment: Path) -> None:

@@ -265,6 +265,27 @@ def render(template: str, request: Request, node: str, modality: str, context: s
     return template.format(request=request.text, node=node, modality=modality, context=context)
 
 
+def refusal(resp: httpx.Response) -> str:
+    """What a server answering with an error refused, in one line: OpenAI's error message,
+    or the first of FastAPI's validation errors (where and why, and how many more; a
+    llama.cpp server refusing an audio part lists 15), else the body's start."""
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error, detail = data.get("error"), data.get("detail")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return " ".join(error["message"].split())[:200]
+        if isinstance(detail, str):
+            return " ".join(detail.split())[:200]
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            where = ".".join(str(part) for part in detail[0].get("loc", ()))
+            more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
+            return f"refused {where}: {detail[0].get('msg', '?')}{more}"
+    return " ".join(resp.text.split())[:120]
+
+
 async def complete(
     client: httpx.AsyncClient,
     ep: Endpoint,
@@ -291,7 +312,7 @@ async def complete(
     except httpx.HTTPError as exc:
         raise EndpointError(f"{type(exc).__name__}: {exc}") from None
     if resp.status_code != 200:
-        raise EndpointError(f"HTTP {resp.status_code}: {' '.join(resp.text.split())[:120]}")
+        raise EndpointError(f"HTTP {resp.status_code}: {refusal(resp)}")
     try:
         return api.parse(resp.json())
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
