@@ -336,6 +336,15 @@ def test_evaluate_says_what_its_defaults_cost_before_it_starts(
     assert re.search(r"--episodes.*default: 20", shown) and re.search(r"default: 2\.0", shown)
 
 
+def test_evaluate_checks_where_it_writes_before_any_work(tmp_path: Path, good_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    (run / "evaluation.csv").mkdir()
+    before = state(run)
+    result = llmoffload("evaluate", run, "--episodes", 50, "--time-limit", 60)  # 50 min of it
+    assert_refused(result, "evaluation.csv: exists and is not a regular file", run, before)
+
+
 def test_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path, good_run: Path) -> None:
     run, marker = tmp_path / "run", tmp_path / "PAYLOAD-RAN"
     run.mkdir()

@@ -126,6 +126,19 @@ def test_whitespace_text_is_refused_alike_by_run_and_serve(deployment: Path) -> 
     assert error["loc"] == ["body", "text"] and rule in error["msg"]
 
 
+def test_calibrate_checks_where_it_writes_before_calling_anyone(tmp_path: Path) -> None:
+    """A missing folder or a link as --out: one line at once, no endpoint called (these
+    are not running: the refusal would otherwise be about them, minutes later)."""
+    dead = write_deployment(tmp_path / "d.yaml", dict.fromkeys(SERVERS, dead_url()))
+    link = tmp_path / "link.yaml"
+    link.symlink_to(tmp_path / "elsewhere.yaml")
+    for out, fragment in ((tmp_path / "no" / "f.yaml", "does not exist"), (link, "symbolic")):
+        began = time.perf_counter()
+        assert_one_line_error(cli("calibrate", "--deployment", dead, "--out", out), fragment)
+        assert time.perf_counter() - began < 1.0
+    assert not (tmp_path / "elsewhere.yaml").exists()
+
+
 @pytest.mark.parametrize(
     ("status", "body", "said"),
     [

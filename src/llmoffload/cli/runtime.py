@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from llmoffload.cli.limits import bounds
 from llmoffload.display import table
 from llmoffload.errors import OffloadError, require
-from llmoffload.files import write_text_atomic
+from llmoffload.files import check_output, write_text_atomic
 from llmoffload.model.scenario import Server, one_line
 from llmoffload.schedulers.registry import SCHEDULERS
 
@@ -154,6 +154,9 @@ def calibrate_cmd(
 
     check_choice("--compute", compute, ("tokens", "cycles"))
     bound = load_deployment(deployment)
+    check_output(out)  # before minutes of calls, not after
+    if not out.parent.is_dir():
+        raise OffloadError(f"{out}: its folder {out.parent} does not exist")
 
     async def go() -> tuple[list[Sample], list[Sample]]:
         async with httpx.AsyncClient() as client:

@@ -12,6 +12,7 @@ from typer.core import TyperCommand, TyperOption
 from llmoffload.cli.limits import bounds
 from llmoffload.display import table
 from llmoffload.errors import OffloadError, require
+from llmoffload.files import check_output
 from llmoffload.model.scenario import load_scenario, with_reward
 
 if TYPE_CHECKING:  # Typer vendors click: its commands take this Context
@@ -169,6 +170,7 @@ def evaluate_cmd(
     from llmoffload.experiments.training import evaluate_run, load_run  # torch only when asked
 
     load_run(run)  # a clear error before any work if the run is missing
+    check_output(run / "evaluation.csv")  # and where it writes, before minutes of work
     most = episodes * time_limit
     typer.echo(
         f"{episodes} held-out instances, each planned by the run, the search (at its time and "
