@@ -191,6 +191,36 @@ def test_reproduce(case: str, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def foreign_dir(out: Path) -> None:
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+
+
+def link_to_dir(out: Path) -> None:
+    (out.parent / "elsewhere").mkdir()
+    out.symlink_to(out.parent / "elsewhere")
+
+
+@pytest.mark.parametrize(
+    ("setup", "fragment"),
+    [
+        (foreign_dir, "holds files no sweep wrote (thesis.tex)"),
+        (link_to_dir, "is a symbolic link"),
+        (lambda out: out.write_text("x"), "exists and is not a directory"),
+    ],
+    ids=["foreign files", "link", "file"],
+)
+def test_reproduce_out_follows_trains_rule(
+    setup: Callable[[Path], None], fragment: str, tmp_path: Path
+) -> None:
+    """Before any run or bar: --out may be new, empty, or a sweep's own (it resumes)."""
+    out = tmp_path / "out"
+    setup(out)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert_refused(cli("reproduce", "--quick", "--method", "random", "--out", out), fragment)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
 # --- a sweep stopped by SIGTERM ---------------------------------------------------------------
 
 

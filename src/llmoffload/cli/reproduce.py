@@ -11,6 +11,7 @@ import typer
 from llmoffload.cli.limits import bounds
 from llmoffload.cli.train import LOCKSTEP_HELP, PROTOCOL_HELP
 from llmoffload.errors import OffloadError, require
+from llmoffload.files import check_output
 
 STUDIES = ("paper", "beyond")
 
@@ -161,6 +162,7 @@ def reproduce_cmd(
         specs = sweep_plan(grid)
         write_report = partial(report.write_report, grid)
 
+    check_sweep_dir(out)
     changes = outdated(specs, out)
     if changes:
         typer.echo(
@@ -175,3 +177,14 @@ def reproduce_cmd(
     )
     if swept.failures:
         raise typer.Exit(1)
+
+
+def check_sweep_dir(out: Path) -> None:
+    """``train``'s rule for an output directory, where a sweep resumes: not a link, not a
+    file, and, if not empty, a sweep's own (it holds ``runs/``), so a mistyped --out
+    never writes figures beside someone else's files."""
+    check_output(out, directory=True)
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if found and "runs" not in found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise OffloadError(f"{out}: holds files no sweep wrote ({shown}); choose another --out")
